@@ -1,0 +1,92 @@
+"""Response shapes of the three providers, rendered from one internal result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from seekserve.chat.service import CompletedChat, Delta, Finished
+from seekserve.settings import Dialect
+
+
+@dataclass(frozen=True)
+class ResponseContext:
+    """What every body of one response repeats."""
+
+    dialect: Dialect
+    id: str
+    created: int
+    model: str  # as the client asked for it
+    system_fingerprint: str
+    include_usage: bool = False
+
+
+def _finish_fields(ctx: ResponseContext, finish: Finished) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "finish_reason": finish.finish_reason,
+        "matched_stop": finish.matched_stop,
+    }
+    if ctx.dialect == "maas":
+        fields["native_finish_reason"] = finish.finish_reason
+    return fields
+
+
+def completion_body(ctx: ResponseContext, result: CompletedChat) -> dict[str, Any]:
+    if ctx.dialect == "output_text":
+        return {"output": {"text": result.content}}
+    choice: dict[str, Any] = {
+        "index": 0,
+        "message": {"role": "assistant", "content": result.content},
+        "logprobs": {"content": result.logprobs} if result.logprobs is not None else None,
+        **_finish_fields(ctx, result.finish),
+    }
+    return {
+        "id": ctx.id,
+        "object": "chat.completion",
+        "created": ctx.created,
+        "model": ctx.model,
+        "choices": [choice],
+        "usage": result.finish.usage.body(),
+        "system_fingerprint": ctx.system_fingerprint,
+    }
+
+
+def _chunk(ctx: ResponseContext, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": ctx.id,
+        "object": "chat.completion.chunk",
+        "created": ctx.created,
+        "model": ctx.model,
+        "system_fingerprint": ctx.system_fingerprint,
+        "choices": choices,
+    }
+    if ctx.include_usage:
+        body["usage"] = None
+    return body
+
+
+def first_chunk(ctx: ResponseContext) -> dict[str, Any] | None:
+    if ctx.dialect == "output_text":
+        return None
+    return _chunk(ctx, [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                         "logprobs": None, "finish_reason": None}])
+
+
+def delta_chunk(ctx: ResponseContext, delta: Delta) -> dict[str, Any]:
+    if ctx.dialect == "output_text":
+        return {"output": {"text": delta.text}}
+    logprobs = {"content": delta.logprobs} if delta.logprobs is not None else None
+    return _chunk(ctx, [{"index": 0, "delta": {"content": delta.text}, "logprobs": logprobs,
+                         "finish_reason": None}])
+
+
+def finish_chunks(ctx: ResponseContext, finish: Finished) -> list[dict[str, Any]]:
+    if ctx.dialect == "output_text":
+        return []
+    chunks = [_chunk(ctx, [{"index": 0, "delta": {}, "logprobs": None,
+                            **_finish_fields(ctx, finish)}])]
+    if ctx.include_usage:
+        usage_chunk = _chunk(ctx, [])
+        usage_chunk["usage"] = finish.usage.body()
+        chunks.append(usage_chunk)
+    return chunks

@@ -1,0 +1,90 @@
+"""Reading a request body within its size limit and turning validation errors into 400s."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+
+from seekserve.api.schemas import ChatCompletionRequest
+from seekserve.errors import InvalidRequestError, PayloadTooLargeError
+
+log = logging.getLogger(__name__)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"The request body is {declared} bytes; the limit is {limit} bytes.")
+    size = 0
+    chunks: list[bytes] = []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"The request body is larger than the limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    if not body.strip():
+        raise InvalidRequestError("The request body is empty; send a JSON object.",
+                                  code="invalid_json")
+    try:
+        req = ChatCompletionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_error(exc, body) from None
+    unknown = req.unknown_fields()
+    if unknown:
+        log.info("ignoring unknown request fields: %s", ", ".join(unknown))
+    return req
+
+
+def validation_error(exc: ValidationError, body: bytes) -> InvalidRequestError:
+    """The first validation error as a 400 that names the field (as `param`) and the rule."""
+    err = exc.errors(include_url=False)[0]
+    if err["type"] == "json_invalid":
+        return InvalidRequestError(f"The request body is not valid JSON: {err['msg']}",
+                                   code="invalid_json")
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        data = None
+    param = _param_path(err["loc"], data, missing=err["type"] == "missing")
+    if param is None:
+        return InvalidRequestError(f"The request body must be a JSON object: {err['msg']}",
+                                   code="invalid_json")
+    message = err["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    code = "missing_required_parameter" if err["type"] == "missing" else "invalid_parameter"
+    return InvalidRequestError(f"Invalid value for {param}: {message}", param=param or None,
+                               code=code)
+
+
+def _param_path(loc: tuple[int | str, ...], data: Any, *, missing: bool) -> str | None:
+    """Render a pydantic location as `messages[0].content`, skipping union-member tags.
+
+    Tags (like `str` or `list[...]`) are the segments that do not exist in the input itself.
+    Returns None when the body is not a JSON object at all.
+    """
+    if not isinstance(data, dict):
+        return None
+    path = ""
+    current: Any = data
+    for i, seg in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(seg, int) and isinstance(current, list) and 0 <= seg < len(current):
+            path += f"[{seg}]"
+            current = current[seg]
+        elif isinstance(seg, str) and isinstance(current, dict) and seg in current:
+            path += f".{seg}" if path else seg
+            current = current[seg]
+        elif missing and last and isinstance(seg, str):
+            path += f".{seg}" if path else seg
+    return path

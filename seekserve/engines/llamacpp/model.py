@@ -1,0 +1,112 @@
+"""A loaded GGUF model on llama.cpp's C API: weights, vocabulary, tokenizer and metadata."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as lc
+
+
+class ModelLoadError(Exception):
+    """The GGUF file could not be loaded."""
+
+
+class LlamaTokenizer:
+    """Tokenizer over a llama.cpp vocabulary (implements engines.base.Tokenizer)."""
+
+    def __init__(self, vocab: Any) -> None:
+        self._vocab = vocab
+        self.n_vocab: int = lc.llama_vocab_n_tokens(vocab)
+        self._bos = lc.llama_vocab_bos(vocab)
+        self._eos = lc.llama_vocab_eos(vocab)
+        self._add_bos = bool(lc.llama_vocab_get_add_bos(vocab))
+        self._pieces: dict[int, bytes] = {}
+
+    def encode(self, text: str, *, add_special: bool = False, parse_special: bool = True
+               ) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (lc.llama_token * capacity)()
+        n = lc.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special,
+                              parse_special)
+        if n < 0:
+            capacity = -n
+            buf = (lc.llama_token * capacity)()
+            n = lc.llama_tokenize(self._vocab, data, len(data), buf, capacity, add_special,
+                                  parse_special)
+        return list(buf[:n])
+
+    def _piece(self, token_id: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = lc.llama_token_to_piece(self._vocab, token_id, buf, 64, 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = lc.llama_token_to_piece(self._vocab, token_id, buf, -n, 0, True)
+        return buf.raw[:n]
+
+    def piece(self, token_id: int) -> bytes:
+        cached = self._pieces.get(token_id)
+        if cached is None:
+            cached = self._pieces[token_id] = self._piece(token_id)
+        return cached
+
+    def is_end_of_generation(self, token_id: int) -> bool:
+        return bool(lc.llama_vocab_is_eog(self._vocab, token_id))
+
+    def _text(self, token_id: int) -> str:
+        if token_id < 0:
+            return ""
+        return self._piece(token_id).decode("utf-8", errors="replace")
+
+    @property
+    def bos_text(self) -> str:
+        return self._text(self._bos)
+
+    @property
+    def eos_text(self) -> str:
+        return self._text(self._eos)
+
+    @property
+    def add_bos(self) -> bool:
+        return self._add_bos
+
+
+class LlamaModel:
+    """Owns the llama_model pointer; free it with close()."""
+
+    def __init__(self, path: Path) -> None:
+        lc.llama_backend_init()  # idempotent: sets up timers and CPU features
+        # llama-cpp-python prints llama.cpp's log to stderr at or above its logger's level;
+        # its loading chatter is only wanted when we are debugging.
+        debugging = logging.getLogger("seekserve").isEnabledFor(logging.DEBUG)
+        logging.getLogger("llama-cpp-python").setLevel(
+            logging.DEBUG if debugging else logging.WARNING)
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path} does not exist")
+        params = lc.llama_model_default_params()
+        model = lc.llama_model_load_from_file(str(path).encode(), params)
+        if not model:
+            raise ModelLoadError(f"llama.cpp could not load {path} (is it a GGUF model?)")
+        self.path = path
+        self.ptr = model
+        self.vocab = lc.llama_model_get_vocab(model)
+        self.tokenizer = LlamaTokenizer(self.vocab)
+        self.n_ctx_train: int = lc.llama_model_n_ctx_train(model)
+        template = lc.llama_model_chat_template(model, None)
+        self.chat_template: str | None = template.decode("utf-8") if template else None
+        self.name = self.meta("general.name") or path.stem
+
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(4096)
+        n = lc.llama_model_meta_val_str(self.ptr, key.encode(), buf, 4096)
+        if n < 0:
+            return None
+        return buf.value.decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        if self.ptr:
+            lc.llama_model_free(self.ptr)
+            self.ptr = None

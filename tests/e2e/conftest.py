@@ -1,0 +1,104 @@
+"""A real `seekserve serve` process on the real default model, shared by the e2e tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+API_KEY = "sk-e2e-test-key"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    base_url: str
+    api_key: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def v1(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def client(self, **kwargs: object) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.v1, api_key=self.api_key, max_retries=0,
+                             timeout=120, **kwargs)  # type: ignore[arg-type]
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=120,
+                            headers={"Authorization": f"Bearer {self.api_key}"})
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(config: dict[str, object], workdir: Path, *, api_key: str = API_KEY,
+                 timeout: float = 300) -> Server:
+    port = free_port()
+    config_path = workdir / "seekserve.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = workdir / "server.log"
+    env = dict(os.environ, SEEKSERVE_API_KEYS=api_key, PYTHONUNBUFFERED="1")
+    env.setdefault("SEEKSERVE_DATA_DIR", str(Path.home() / ".local/share/seekserve"))
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "seekserve", "serve", "--config", str(config_path),
+             "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+        )
+    server = Server(f"http://127.0.0.1:{port}", api_key, process, log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"seekserve exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.base_url}/ready", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"seekserve was not ready in {timeout} s:\n{server.log()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+SEED_PROVIDERS = REPO / "examples" / "seed-providers.yaml"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The shipped example config: all three seed providers' shapes in one server."""
+    config = yaml.safe_load(SEED_PROVIDERS.read_text())
+    srv = start_server(config, tmp_path_factory.mktemp("server"))
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> openai.OpenAI:
+    return server.client()
