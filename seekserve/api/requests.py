@@ -46,25 +46,54 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
 
 
 def validation_error(exc: ValidationError, body: bytes) -> InvalidRequestError:
-    """The first validation error as a 400 that names the field (as `param`) and the rule."""
-    err = exc.errors(include_url=False)[0]
-    if err["type"] == "json_invalid":
-        return InvalidRequestError(f"The request body is not valid JSON: {err['msg']}",
+    """One validation error as a 400 that names the field (as `param`) and the rule.
+
+    Of several errors the deepest is reported: for a union such as `stop` it is the member
+    that came closest (`stop[1]` is not a string) rather than the first member tried.
+    """
+    errors = exc.errors(include_url=False)
+    if errors[0]["type"] == "json_invalid":
+        return InvalidRequestError(f"The request body is not valid JSON: {errors[0]['msg']}",
                                    code="invalid_json")
     try:
         data: Any = json.loads(body)
     except ValueError:
         data = None
-    param = _param_path(err["loc"], data, missing=err["type"] == "missing")
+    located = [(_param_path(e["loc"], data, missing=e["type"] == "missing"), e) for e in errors]
+    param, err = max(located, key=lambda pe: _depth(pe[0]) if pe[0] is not None else -1)
     if param is None:
         return InvalidRequestError(f"The request body must be a JSON object: {err['msg']}",
                                    code="invalid_json")
     message = err["msg"]
+    if err["type"] == "union_tag_invalid":
+        param += ".type"
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
+    shape = _union_shape(param)
+    if shape is not None and len(err["loc"]) > _depth(param):
+        # Every union member failed at the field itself; their own complaints mislead.
+        message = f"must be {shape}"
     code = "missing_required_parameter" if err["type"] == "missing" else "invalid_parameter"
     return InvalidRequestError(f"Invalid value for {param}: {message}", param=param or None,
                                code=code)
+
+
+_UNION_SHAPES = {
+    "stop": "a string, an array of at most 16 strings, or null",
+    "content": "a string or an array of content parts ({\"type\": \"text\"} or "
+               "{\"type\": \"file\"})",
+    "tool_choice": "\"none\", \"auto\", \"required\" or "
+                   "{\"type\": \"function\", \"function\": {\"name\": ...}}",
+}
+
+
+def _union_shape(param: str) -> str | None:
+    return _UNION_SHAPES.get(param.rsplit(".", 1)[-1])
+
+
+def _depth(param: str) -> int:
+    """How many location segments a rendered param has (`messages[0].content` has 3)."""
+    return param.count(".") + param.count("[") + 1
 
 
 def _param_path(loc: tuple[int | str, ...], data: Any, *, missing: bool) -> str | None:

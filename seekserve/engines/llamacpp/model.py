@@ -9,6 +9,23 @@ from typing import Any
 
 import llama_cpp as lc
 
+_llama_log = logging.getLogger("seekserve.llamacpp")
+# ggml's log levels: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line.
+# llama.cpp's info is loading chatter, so it goes to our debug level.
+_GGML_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
+
+
+def _forward_llama_log(level: int, text: bytes | None, _user_data: ctypes.c_void_p) -> None:
+    if not text or level == 5:
+        return
+    message = text.decode("utf-8", errors="replace").rstrip()
+    if message:
+        _llama_log.log(_GGML_LEVELS.get(level, logging.DEBUG), "%s", message)
+
+
+# Kept at module level so the C side never calls a collected function; it holds no state.
+_LOG_CALLBACK = lc.llama_log_callback(_forward_llama_log)
+
 
 class ModelLoadError(Exception):
     """The GGUF file could not be loaded."""
@@ -79,11 +96,7 @@ class LlamaModel:
 
     def __init__(self, path: Path) -> None:
         lc.llama_backend_init()  # idempotent: sets up timers and CPU features
-        # llama-cpp-python prints llama.cpp's log to stderr at or above its logger's level;
-        # its loading chatter is only wanted when we are debugging.
-        debugging = logging.getLogger("seekserve").isEnabledFor(logging.DEBUG)
-        logging.getLogger("llama-cpp-python").setLevel(
-            logging.DEBUG if debugging else logging.WARNING)
+        lc.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
         if not path.is_file():
             raise ModelLoadError(f"model file {path} does not exist")
         params = lc.llama_model_default_params()
