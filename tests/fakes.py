@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from seekserve.engines.base import (
     EngineState,
@@ -66,7 +66,7 @@ class FakeEngine:
     def state(self) -> EngineState:
         return EngineState(True, self.active, 0, self._max, 0)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         self.requests.append(request)
         self.active += 1
         try:

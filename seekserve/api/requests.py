@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from seekserve.api.schemas import ChatCompletionRequest
+from seekserve.api.schemas import ChatCompletionRequest, NamedToolChoice
 from seekserve.errors import InvalidRequestError, PayloadTooLargeError
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,52 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     unknown = req.unknown_fields()
     if unknown:
         log.info("ignoring unknown request fields: %s", ", ".join(unknown))
+    check_semantics(req)
     return req
+
+
+def check_semantics(req: ChatCompletionRequest) -> None:
+    """Rules across fields, each reported on the exact field that breaks it."""
+    last = len(req.messages) - 1
+    for i, msg in enumerate(req.messages):
+        at = f"messages[{i}]"
+        if msg.content is None and not (msg.role == "assistant" and msg.tool_calls):
+            raise InvalidRequestError(
+                f"{at}.content is required (null is allowed only on an assistant message "
+                "that has tool_calls)", param=f"{at}.content", code="missing_required_parameter")
+        if msg.role == "tool" and not msg.tool_call_id:
+            raise InvalidRequestError(f"{at} has role tool and needs tool_call_id",
+                                      param=f"{at}.tool_call_id",
+                                      code="missing_required_parameter")
+        if msg.tool_calls is not None and msg.role != "assistant":
+            raise InvalidRequestError(f"{at}.tool_calls is allowed only on an assistant message",
+                                      param=f"{at}.tool_calls")
+        if msg.prefix and msg.role != "assistant":
+            raise InvalidRequestError(f"{at}.prefix is allowed only on an assistant message",
+                                      param=f"{at}.prefix")
+        if msg.prefix and i != last:
+            raise InvalidRequestError(
+                f"{at}.prefix: prefix completion continues the last message only; this is "
+                f"message {i} of {last + 1}", param=f"{at}.prefix")
+    names = [t.function.name for t in req.tools or []]
+    for j, name in enumerate(names):
+        if name in names[:j]:
+            raise InvalidRequestError(f"tools[{j}]: the function name {name!r} is used twice",
+                                      param=f"tools[{j}].function.name")
+    if isinstance(req.tool_choice, NamedToolChoice) and req.tool_choice.function.name not in names:
+        raise InvalidRequestError(
+            f"tool_choice names function {req.tool_choice.function.name!r}, which is not in "
+            "tools", param="tool_choice")
+    if req.tool_choice == "required" and not names:
+        raise InvalidRequestError("tool_choice 'required' needs at least one tool in tools",
+                                  param="tool_choice")
+    fmt = req.response_format
+    if fmt is not None and fmt.type == "json_schema":
+        holder = fmt.json_schema
+        if holder is None or not isinstance(holder.get("schema", {}), dict):
+            raise InvalidRequestError(
+                "response_format of type json_schema needs json_schema: {\"name\": ..., "
+                "\"schema\": {...}}", param="response_format.json_schema")
 
 
 def validation_error(exc: ValidationError, body: bytes) -> InvalidRequestError:
@@ -65,7 +110,7 @@ def validation_error(exc: ValidationError, body: bytes) -> InvalidRequestError:
         return InvalidRequestError(f"The request body must be a JSON object: {err['msg']}",
                                    code="invalid_json")
     message = err["msg"]
-    if err["type"] == "union_tag_invalid":
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
         param += ".type"
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]

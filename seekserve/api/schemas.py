@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
-from pydantic import model_validator as _model_validator
 
 REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh", "max")
 MAX_STOP_SEQUENCES = 16
@@ -60,19 +59,6 @@ class ChatMessage(_Wire):
     tool_calls: list[ToolCall] | None = Field(None, description="Calls an assistant turn made.")
     reasoning_content: str | None = Field(None, description="An assistant turn's reasoning.")
 
-    @_model_validator(mode="after")
-    def _role_rules(self) -> ChatMessage:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError("content is required (null is allowed only on an assistant "
-                             "message that has tool_calls)")
-        if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("a tool message needs tool_call_id")
-        if self.prefix and self.role != "assistant":
-            raise ValueError("prefix is allowed only on an assistant message")
-        if self.tool_calls is not None and self.role != "assistant":
-            raise ValueError("tool_calls is allowed only on an assistant message")
-        return self
-
     def text(self) -> str:
         """The message's text: a string as is, text parts joined (file parts resolve later)."""
         if self.content is None:
@@ -107,16 +93,6 @@ class ResponseFormat(_Wire):
         "text", description="`json_object` turns JSON mode on; `json_schema` needs json_schema."
     )
     json_schema: dict[str, Any] | None = Field(None, description="OpenAI-style schema holder.")
-
-    @_model_validator(mode="after")
-    def _schema_present(self) -> ResponseFormat:
-        if self.type == "json_schema" and not isinstance(
-            (self.json_schema or {}).get("schema", {}), dict
-        ):
-            raise ValueError("json_schema.schema must be an object")
-        if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("type json_schema needs a json_schema object")
-        return self
 
 
 class StreamOptions(_Wire):
@@ -199,25 +175,6 @@ class ChatCompletionRequest(BaseModel):
         if any(s == "" for s in items):
             raise ValueError("a stop sequence cannot be empty")
         return value
-
-    @field_validator("messages")
-    @classmethod
-    def _prefix_last(cls, value: list[ChatMessage]) -> list[ChatMessage]:
-        for i, msg in enumerate(value):
-            if msg.prefix and i != len(value) - 1:
-                raise ValueError("prefix: true is allowed only on the last message")
-        return value
-
-    @_model_validator(mode="after")
-    def _tool_choice_names_a_tool(self) -> ChatCompletionRequest:
-        names = [t.function.name for t in self.tools or []]
-        if isinstance(self.tool_choice, NamedToolChoice):
-            wanted = self.tool_choice.function.name
-            if wanted not in names:
-                raise ValueError(f"tool_choice names function {wanted!r}, which is not in tools")
-        if self.tool_choice == "required" and not names:
-            raise ValueError("tool_choice 'required' needs at least one tool")
-        return self
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 import secrets
 from collections import deque
 from collections.abc import AsyncGenerator, Mapping
@@ -25,6 +26,8 @@ from seekserve.engines.base import (
 from seekserve.errors import EngineError, InvalidRequestError
 from seekserve.registry import ServedModel
 from seekserve.settings import LimitSettings
+
+log = logging.getLogger(__name__)
 
 FinishReason = Literal["stop", "length", "insufficient_system_resource"]
 _ENGINE_FINISH: dict[str, FinishReason] = {
@@ -174,11 +177,6 @@ class ChatService:
         if req.tools is not None and len(req.tools) > lim.max_tools:
             raise InvalidRequestError(
                 f"tools has {len(req.tools)} items; the limit is {lim.max_tools}", param="tools")
-        names = [t.function.name for t in req.tools or []]
-        for name in names:
-            if names.count(name) > 1:
-                raise InvalidRequestError(f"tool name {name!r} is used more than once",
-                                          param="tools")
 
     def prepare(self, req: ChatCompletionRequest, model: ServedModel, *, request_id: str,
                 cache_salt: bytes = b"") -> PreparedChat:
@@ -256,7 +254,8 @@ class ChatService:
                     if matcher.matched is not None:
                         break
         except EngineFailure as exc:
-            raise EngineError(f"The engine failed: {exc}") from None
+            log.error("request %s: engine failure: %s", chat.generation.request_id, exc)
+            raise EngineError("The engine failed while generating; please retry.") from None
         if matcher.matched is None:
             tail = matcher.flush() + decoder.decode(b"", final=True)
             emitted += len(tail)

@@ -62,7 +62,7 @@ async def live_server(app: FastAPI) -> AsyncIterator[str]:
     """
     port = _free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
-                            log_level="warning")
+                            log_level="warning", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

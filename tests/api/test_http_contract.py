@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -183,6 +183,48 @@ async def test_top_logprobs_without_logprobs_gives_none(client: httpx.AsyncClien
     assert body["choices"][0]["logprobs"] is None
 
 
+async def test_logprobs_stop_at_the_stop_string(client: httpx.AsyncClient) -> None:
+    choice = (await post_chat(client, logprobs=True, stop="fake"))["choices"][0]
+    assert choice["message"]["content"] == "Hello from the "
+    tokens = [e["token"] for e in choice["logprobs"]["content"]]
+    assert "".join(tokens) == "Hello from the "
+
+
+# ----- text that is not ASCII: characters split across tokens -----
+
+CJK_REPLY = "你好, 世界! ok"
+
+
+@pytest.fixture
+async def cjk() -> AsyncIterator[httpx.AsyncClient]:
+    # One token per byte: every CJK character is three tokens.
+    async with asgi_client(build_app(FakeEngine(CJK_REPLY))) as c:
+        yield c
+
+
+async def test_characters_split_across_tokens_are_whole(cjk: httpx.AsyncClient) -> None:
+    body = await post_chat(cjk, logprobs=True)
+    assert body["choices"][0]["message"]["content"] == CJK_REPLY
+    entries = body["choices"][0]["logprobs"]["content"]
+    assert len(entries) == len(CJK_REPLY.encode())
+    assert b"".join(bytes(e["bytes"]) for e in entries) == CJK_REPLY.encode()
+
+
+async def test_streamed_characters_are_never_split(cjk: httpx.AsyncClient) -> None:
+    _, chunks = await stream_chat(cjk)
+    deltas = [c["choices"][0]["delta"].get("content") or "" for c in chunks]
+    assert "".join(deltas) == CJK_REPLY
+    assert not any("\ufffd" in d for d in deltas)
+
+
+async def test_a_cjk_stop_string_cuts_between_characters(cjk: httpx.AsyncClient) -> None:
+    choice = (await post_chat(cjk, stop="世界"))["choices"][0]
+    assert choice["message"]["content"] == "你好, "
+    assert choice["matched_stop"] == "世界"
+    _, chunks = await stream_chat(cjk, stop="世界")
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "你好, "
+
+
 # ----- streaming -----
 
 
@@ -246,6 +288,18 @@ async def test_stream_carries_logprobs_with_the_text(client: httpx.AsyncClient) 
                for e in c["choices"][0]["logprobs"]["content"]]
     assert [e["token"] for e in entries] == list("Hell")
     assert all(len(e["top_logprobs"]) == 1 for e in entries)
+
+
+@pytest.mark.parametrize(("fields", "status", "param"), [
+    ({"temperature": 3}, 400, "temperature"),
+    ({"model": "gpt-4o"}, 404, "model"),
+])
+async def test_a_stream_refused_up_front_is_a_json_error(
+        client: httpx.AsyncClient, fields: dict[str, Any], status: int, param: str) -> None:
+    response = await client.post(CHAT, json=chat_body(stream=True, **fields))
+    assert response.status_code == status
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error"]["param"] == param
 
 
 # ----- the MaaS (third seed) shape -----
@@ -543,6 +597,17 @@ async def test_ready_reports_the_engine(client: httpx.AsyncClient) -> None:
     assert body["engines"]["embedded"]["queued"] == 0
 
 
+async def test_not_ready_before_the_engines_start(engine: FakeEngine) -> None:
+    app = build_app(engine)
+    # No lifespan: the engines were never started.
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://test") as c:
+        assert (await c.get("/health")).status_code == 200
+        response = await c.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["status"] == "starting"
+
+
 async def test_openapi_describes_the_chat_routes(client: httpx.AsyncClient) -> None:
     response = await client.get("/openapi.json")
     assert response.status_code == 200
@@ -617,7 +682,8 @@ SECRET = "/opt/models/private-weights.gguf at 0x7f3a"
 class FailingEngine(FakeEngine):
     """Generates three tokens of its reply, then fails the way an engine can."""
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    async def generate(self, request: GenerationRequest
+                       ) -> AsyncGenerator[GenerationEvent, None]:
         self.requests.append(request)
         self.active += 1
         try:

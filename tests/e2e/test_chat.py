@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -212,3 +214,33 @@ def test_wrong_key_and_unknown_model_are_sdk_errors(server: Server) -> None:
             model="no-such-model", messages=[{"role": "user", "content": "x"}])
     body = missing.value.body
     assert isinstance(body, dict) and body["code"] == "model_not_found"
+
+
+def _running(server: Server) -> int:
+    state = httpx.get(f"{server.base_url}/ready", timeout=10).json()
+    return int(state["engines"]["embedded"]["running"])
+
+
+def test_disconnect_frees_the_sequence(server: Server) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long essay."}],
+            "max_tokens": 2000, "stream": True}
+    with server.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as resp:
+        lines = resp.iter_lines()
+        data = [line for line in (next(lines) for _ in range(8)) if line.startswith("data:")]
+        assert len(data) >= 2
+        assert _running(server) == 1
+    deadline = time.monotonic() + 2.0
+    while _running(server) != 0:
+        assert time.monotonic() < deadline, "the sequence was not freed after the disconnect"
+        time.sleep(0.05)
+
+
+def test_disconnect_of_a_non_streamed_request_frees_the_sequence(server: Server) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long essay."}],
+            "max_tokens": 2000}
+    with server.http() as http, pytest.raises(httpx.ReadTimeout):
+        http.post("/v1/chat/completions", json=body, timeout=1.5)
+    deadline = time.monotonic() + 2.0
+    while _running(server) != 0:
+        assert time.monotonic() < deadline, "the sequence was not freed after the disconnect"
+        time.sleep(0.05)

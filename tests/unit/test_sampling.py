@@ -59,7 +59,7 @@ def test_logprobs_are_of_the_unscaled_distribution() -> None:
     event = sampler.sample(row)
     assert event.token_id == 0
     assert event.logprob is not None and math.isclose(event.logprob, math.log(0.5), abs_tol=1e-5)
-    assert [t.token_id for t in event.top][0] == 0
+    assert event.top[0].token_id == 0
     assert math.isclose(event.top[1].logprob, math.log(0.25), abs_tol=1e-5)
     assert len(event.top) == 2
 
