@@ -82,6 +82,14 @@ class LlamaCppEngineSettings(_Section):
         None, description="A Jinja chat template that replaces the one in the GGUF file."
     )
 
+    @_model_validator(mode="after")
+    def _batch_holds_a_step(self) -> LlamaCppEngineSettings:
+        # Every running sequence puts one token into each decode step's batch.
+        if self.max_running > self.n_batch:
+            raise ValueError(f"max_running ({self.max_running}) cannot exceed n_batch "
+                             f"({self.n_batch}): each step decodes one token per sequence")
+        return self
+
 
 class ModelSettings(_Section):
     id: str = Field(..., min_length=1, description="The model id clients send.")

@@ -275,13 +275,14 @@ class ChatService:
     async def complete(self, chat: PreparedChat) -> CompletedChat:
         parts: list[str] = []
         logprobs: list[dict[str, Any]] | None = [] if chat.generation.sampling.logprobs else None
-        async for item in self.stream(chat):
-            if isinstance(item, Delta):
-                parts.append(item.text)
-                if logprobs is not None and item.logprobs:
-                    logprobs.extend(item.logprobs)
-            else:
-                return CompletedChat("".join(parts), item, logprobs)
+        async with aclosing(self.stream(chat)) as items:
+            async for item in items:
+                if isinstance(item, Delta):
+                    parts.append(item.text)
+                    if logprobs is not None and item.logprobs:
+                        logprobs.extend(item.logprobs)
+                else:
+                    return CompletedChat("".join(parts), item, logprobs)
         raise EngineError("The engine ended the sequence without a finish event.")
 
     @staticmethod

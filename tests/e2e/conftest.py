@@ -16,6 +16,8 @@ import openai
 import pytest
 import yaml
 
+from seekserve.settings import default_data_dir
+
 API_KEY = "sk-e2e-test-key"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,7 +58,7 @@ def start_server(config: dict[str, object], workdir: Path, *, api_key: str = API
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / "server.log"
     env = dict(os.environ, SEEKSERVE_API_KEYS=api_key, PYTHONUNBUFFERED="1")
-    env.setdefault("SEEKSERVE_DATA_DIR", str(Path.home() / ".local/share/seekserve"))
+    env.setdefault("SEEKSERVE_DATA_DIR", str(default_data_dir()))
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "seekserve", "serve", "--config", str(config_path),

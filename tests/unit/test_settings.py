@@ -53,6 +53,7 @@ def test_toml_is_read_too(tmp_path: Path) -> None:
         ("deployments:\n  - name: a\n    endpoint_path: 'bad path'\n", "endpoint_path"),
         ("deployments:\n  - name: a\n    models: [nope]\n", "unknown model 'nope'"),
         ("engines:\n  embedded:\n    n_ctx: 10\n", "engines.embedded.n_ctx"),
+        ("engines:\n  embedded:\n    n_batch: 32\n    max_running: 64\n", "cannot exceed n_batch"),
         ("- just a list\n", "mapping"),
         ("server: [\n", "not valid"),
     ],
