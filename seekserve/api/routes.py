@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from seekserve.api import dialects
 from seekserve.api.requests import parse_chat_request, read_body
-from seekserve.api.schemas import ChatCompletion, ErrorBody, ModelList, OutputEnvelope
+from seekserve.api.schemas import ErrorBody, ModelList
 from seekserve.api.sse import DONE, ClientDisconnected, SSEResponse, sse_event, until_disconnected
 from seekserve.chat.service import Delta, PreparedChat, new_completion_id
 from seekserve.registry import Deployment
@@ -136,5 +136,3 @@ async def _sse_events(services: Services, ctx: dialects.ResponseContext, chat: P
                     yield sse_event(chunk)
     yield DONE
 
-
-__all__ = ["ChatCompletion", "OutputEnvelope", "build_router"]
