@@ -66,12 +66,6 @@ class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 
-class ServiceUnavailableError(APIError):
-    status_code = 503
-    error_type = "server_error"
-    code = "server_overloaded"
-
-
 class EngineError(APIError):
     """The engine failed while serving a request; the message never carries internals."""
 

@@ -40,9 +40,6 @@ class ModelRegistry:
     def all(self) -> list[ServedModel]:
         return list(self._models)
 
-    def names(self) -> list[str]:
-        return list(self._by_name)
-
     def resolve(self, name: str, deployment: Deployment | None = None) -> ServedModel:
         model = self._by_name.get(name)
         if model is None or (deployment is not None and not deployment.serves(model)):

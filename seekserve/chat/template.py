@@ -38,7 +38,6 @@ class ChatTemplate:
     """A compiled chat template; render() turns messages into the prompt text."""
 
     def __init__(self, source: str | None) -> None:
-        self.is_fallback = source is None
         self.source = source if source is not None else FALLBACK_TEMPLATE
         env = ImmutableSandboxedEnvironment(
             trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +17,7 @@ from seekserve.app import create_app
 from seekserve.engines.base import Engine
 from seekserve.settings import Settings
 from tests.fakes import FakeEngine
+from tests.ports import free_port
 
 MODEL = "deepseek-v4-pro"
 MAAS_MODEL = "MaaS_Deepseek_V4_pro_20260424"
@@ -47,12 +47,6 @@ async def asgi_client(app: FastAPI, **kwargs: Any) -> AsyncIterator[httpx.AsyncC
             yield client
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @asynccontextmanager
 async def live_server(app: FastAPI) -> AsyncIterator[str]:
     """`app` behind uvicorn on a loopback port, in this event loop; yields its base URL.
@@ -60,7 +54,7 @@ async def live_server(app: FastAPI) -> AsyncIterator[str]:
     httpx's ASGITransport buffers whole responses and never reports a disconnect, so tests of
     what happens when a client goes away need a real connection.
     """
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
                             log_level="warning", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
