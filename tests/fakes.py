@@ -63,6 +63,9 @@ class FakeEngine:
     async def aclose(self) -> None:
         pass
 
+    async def drain(self, grace_s: float) -> None:
+        pass
+
     def state(self) -> EngineState:
         return EngineState(True, self.active, 0, self._max, 0)
 

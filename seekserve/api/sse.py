@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keep-alive\n\n"
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:
@@ -31,6 +32,32 @@ async def wait_for_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def with_keepalive(events: AsyncGenerator[bytes, None], interval: float, ping: bytes
+                         ) -> AsyncGenerator[bytes, None]:
+    """Yield `events`, and `ping` whenever they are silent for `interval` seconds."""
+    source: AsyncIterator[bytes] = events.__aiter__()
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(source.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield ping
+                continue
+            finished, pending = pending, None
+            try:
+                item = finished.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        if pending is not None:
+            pending.cancel()
+            await asyncio.wait({pending})
+        await events.aclose()
 
 
 class ClientDisconnected(Exception):
@@ -104,3 +131,61 @@ class SSEResponse(Response):
                 await send({"type": "http.response.body", "body": sse_event(
                     internal_error().body()), "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class PatientJSONResponse(Response):
+    """A JSON answer that may take long to compute: empty lines keep the connection alive.
+
+    If `work` finishes within `interval` the response is ordinary (its status is the error's
+    for an APIError). Otherwise a 200 starts, an empty line is sent every `interval` (JSON
+    allows leading whitespace), and the body follows: the result, or the error body. A client
+    disconnect cancels `work`.
+    """
+
+    def __init__(self, work: Awaitable[dict[str, Any]], interval: float,
+                 headers: dict[str, str] | None = None) -> None:
+        self._work = work
+        self._interval = interval
+        super().__init__(status_code=200, media_type="application/json", headers=headers)
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.ensure_future(self._work)
+        watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+        started = False
+        try:
+            while not task.done():
+                await asyncio.wait({task, watcher}, timeout=self._interval,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if watcher.done():
+                    return
+                if task.done():
+                    break
+                if not started:
+                    await send({"type": "http.response.start", "status": 200,
+                                "headers": self.raw_headers})
+                    started = True
+                await send({"type": "http.response.body", "body": b"\n", "more_body": True})
+        finally:
+            watcher.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        status, body, extra = self._outcome(task)
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        if not started:
+            headers = [*self.raw_headers, (b"content-length", str(len(payload)).encode())]
+            headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+    @staticmethod
+    def _outcome(task: asyncio.Future[dict[str, Any]]
+                 ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        exc = task.exception()
+        if exc is None:
+            return 200, task.result(), {}
+        if isinstance(exc, APIError):
+            return exc.status_code, exc.body(), exc.headers
+        log.error("request failed", exc_info=exc)
+        return 500, internal_error().body(), {}

@@ -18,12 +18,23 @@ from seekserve.chat.template import ChatTemplate
 from seekserve.engines.base import (
     Engine,
     EngineFailure,
+    EngineOverloaded,
+    EventStream,
     FinishEvent,
     GenerationRequest,
+    QueueTimeout,
     SamplingParams,
+    ShuttingDown,
+    StartEvent,
     TokenEvent,
 )
-from seekserve.errors import EngineError, InvalidRequestError
+from seekserve.errors import (
+    APIError,
+    EngineError,
+    InvalidRequestError,
+    ServerOverloadedError,
+    ServiceUnavailableError,
+)
 from seekserve.registry import ServedModel
 from seekserve.settings import LimitSettings
 
@@ -46,6 +57,8 @@ class PreparedChat:
     engine: Engine
     generation: GenerationRequest
     stops: list[str]
+    # Set by ChatService.submit: the engine accepted the request into its queue.
+    events: EventStream | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -224,8 +237,20 @@ class ChatService:
         add_bos = tok.add_bos and not (tok.bos_text and text.startswith(tok.bos_text))
         return tok.encode(text, add_special=add_bos, parse_special=True)
 
+    def submit(self, chat: PreparedChat) -> None:
+        """Queue the request on its engine now, so a full queue is a 503 before any response
+        starts; the stream and the completion then read its events."""
+        if chat.events is not None:
+            return
+        try:
+            chat.events = chat.engine.generate(chat.generation)
+        except EngineFailure as exc:
+            raise _api_error(chat, exc) from None
+
     async def stream(self, chat: PreparedChat) -> AsyncGenerator[Delta | Finished, None]:
         """Deltas of visible text (stop strings held back and cut), then one Finished."""
+        self.submit(chat)
+        assert chat.events is not None
         tokenizer = chat.engine.tokenizer
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopMatcher(chat.stops)
@@ -234,10 +259,14 @@ class ChatService:
         pending: deque[tuple[int, dict[str, Any]]] = deque()
         produced = emitted = 0
         generated = 0
+        cached = 0
         finish: FinishEvent | None = None
         try:
-            async with aclosing(chat.engine.generate(chat.generation)) as events:
+            async with aclosing(chat.events) as events:
                 async for event in events:
+                    if isinstance(event, StartEvent):
+                        cached = event.cached_tokens
+                        continue
                     if isinstance(event, FinishEvent):
                         finish = event
                         break
@@ -254,15 +283,15 @@ class ChatService:
                     if matcher.matched is not None:
                         break
         except EngineFailure as exc:
-            log.error("request %s: engine failure: %s", chat.generation.request_id, exc)
-            raise EngineError("The engine failed while generating; please retry.") from None
+            raise _api_error(chat, exc) from None
         if matcher.matched is None:
             tail = matcher.flush() + decoder.decode(b"", final=True)
             emitted += len(tail)
             lps = self._release(pending, emitted, partial=True)
             if tail or lps:
                 yield Delta(tail, lps if want_logprobs else None)
-        usage = Usage(prompt_tokens=chat.prompt_tokens, completion_tokens=generated)
+        usage = Usage(prompt_tokens=chat.prompt_tokens, completion_tokens=generated,
+                      cached_tokens=cached)
         if matcher.matched is not None:
             yield Finished("stop", matcher.matched, usage)
             return
@@ -310,6 +339,21 @@ class ChatService:
         entry = describe(event.token_id, event.logprob if event.logprob is not None else 0.0)
         entry["top_logprobs"] = [describe(t.token_id, t.logprob) for t in event.top]
         return entry
+
+
+def _api_error(chat: PreparedChat, exc: EngineFailure) -> APIError:
+    """What the client is told about an engine failure (internals stay in the log)."""
+    if isinstance(exc, EngineOverloaded):
+        return ServerOverloadedError(
+            f"The server is overloaded ({exc}); please retry after {exc.retry_after_s} s.",
+            headers={"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, QueueTimeout):
+        return ServerOverloadedError(f"The server is overloaded: {exc}.", code="queue_timeout")
+    if isinstance(exc, ShuttingDown):
+        return ServiceUnavailableError("The server is shutting down; please retry.",
+                                       code="server_shutting_down")
+    log.error("request %s: engine failure: %s", chat.generation.request_id, exc)
+    return EngineError("The engine failed while generating; please retry.")
 
 
 def new_completion_id() -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -27,6 +26,14 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class StartEvent:
+    """The engine scheduled the sequence: how long it queued and how much prompt it reused."""
+
+    cached_tokens: int
+    queued_s: float
+
+
+@dataclass(frozen=True)
 class TopToken:
     token_id: int
     logprob: float
@@ -48,13 +55,31 @@ class FinishEvent:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
+    # Seconds from submission until the engine first scheduled the sequence.
+    queued_s: float = 0.0
 
 
-GenerationEvent = TokenEvent | FinishEvent
+GenerationEvent = StartEvent | TokenEvent | FinishEvent
 
 
 class EngineFailure(Exception):
     """The engine could not finish a sequence; the chat layer turns it into a clean error."""
+
+
+class EngineOverloaded(EngineFailure):
+    """The queue is full; raised by `generate` before anything is queued."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class QueueTimeout(EngineFailure):
+    """A queued sequence was not started within its deadline."""
+
+
+class ShuttingDown(EngineFailure):
+    """The engine is draining or stopped and takes no new work."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +89,24 @@ class EngineState:
     queued: int
     kv_cells_total: int
     kv_cells_used: int
+    queued_tokens: int = 0
+    # Finished sequences kept for prefix reuse, and the cells only they hold.
+    cache_entries: int = 0
+    cache_cells: int = 0
+    prompt_tokens_total: int = 0
+    cache_hit_tokens_total: int = 0
+    preemptions_total: int = 0
+    resource_finishes_total: int = 0
+
+
+class EventStream(Protocol):
+    """Generation events of one sequence; `aclose` cancels it, queued or running."""
+
+    def __aiter__(self) -> EventStream: ...
+
+    async def __anext__(self) -> GenerationEvent: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Tokenizer(Protocol):
@@ -109,6 +152,14 @@ class Engine(Protocol):
 
     def state(self) -> EngineState: ...
 
-    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
-        """Yield token events, then one FinishEvent. Closing the iterator cancels the sequence."""
+    def generate(self, request: GenerationRequest) -> EventStream:
+        """Queue `request`; its stream yields token events, then one FinishEvent.
+
+        Raises EngineOverloaded (or ShuttingDown) at once, before anything is queued, when the
+        request cannot be accepted. Closing the stream cancels the sequence.
+        """
+        ...
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking work, fail what is queued, let running sequences finish for `grace_s`."""
         ...
