@@ -1,0 +1,116 @@
+"""The authenticator: static keys from settings and managed keys from the store -> a Caller.
+
+A managed key a replica has looked up is trusted for `store.key_cache_s` (at most a few
+seconds), so a key revoked or expired through any replica is refused by every replica within
+that time. Unknown keys are never cached: a key created a moment ago works at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+
+from seekserve.api.auth import Caller, StaticKeyAuth
+from seekserve.errors import AuthenticationError, PermissionDeniedError
+from seekserve.registry import ServedModel
+from seekserve.tenancy.keys import KEY_PREFIX, ApiKey, KeyStore
+
+ANONYMOUS = Caller(key_digest=b"")
+_MANAGED_KEY_LENGTH = len(KEY_PREFIX) + 43  # secrets.token_urlsafe(32)
+_CACHE_MAX_ENTRIES = 10_000
+
+
+class TenantAuth:
+    """Checks `Authorization: Bearer <key>`; the Caller is also left on `request.state.caller`.
+
+    Keys are required when static keys or an admin key are configured. Otherwise the server is
+    open (loopback only): a call without a key is anonymous, and a managed key that is sent is
+    still honoured (its limits apply) or, when revoked or expired, refused.
+    """
+
+    def __init__(self, static: StaticKeyAuth, keys: KeyStore, *, require_key: bool,
+                 cache_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._static = static
+        self._keys = keys
+        self._require_key = require_key
+        self._cache_s = cache_s
+        self._clock = clock
+        self._cache: dict[str, tuple[ApiKey, float]] = {}
+
+    @property
+    def enabled(self) -> bool:
+        return self._require_key
+
+    async def authenticate(self, request: Request) -> Caller:
+        caller = await self._authenticate(request)
+        request.state.caller = caller
+        return caller
+
+    async def _authenticate(self, request: Request) -> Caller:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            if self._require_key:
+                raise AuthenticationError(
+                    "Missing API key: send it as `Authorization: Bearer <key>`.",
+                    code="missing_api_key",
+                )
+            return ANONYMOUS
+        digest = hashlib.sha256(token.encode()).digest()
+        if self._static.matches(digest):
+            return Caller(key_digest=digest)
+        # Only strings shaped like a managed key reach the store (as a digest, never as text).
+        if token.startswith(KEY_PREFIX) and len(token) == _MANAGED_KEY_LENGTH:
+            key = await self._lookup(digest.hex())
+            if key is not None:
+                if not key.is_active(datetime.now(UTC)):
+                    self._cache.pop(key.digest, None)
+                    raise AuthenticationError("This API key has been revoked or has expired.")
+                return Caller(key_digest=digest, key_id=key.id, name=key.name,
+                              limits=key.limits)
+        if self._require_key:
+            raise AuthenticationError("Incorrect API key provided.")
+        return ANONYMOUS
+
+    async def _lookup(self, digest: str) -> ApiKey | None:
+        now = self._clock()
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached[1] < self._cache_s:
+            return cached[0]
+        key = await self._keys.by_digest(digest)
+        if key is None:
+            self._cache.pop(digest, None)
+            return None
+        if len(self._cache) >= _CACHE_MAX_ENTRIES:
+            self._cache.clear()
+        self._cache[digest] = (key, now)
+        return key
+
+    def forget(self, key: ApiKey) -> None:
+        """Drop a key from this replica's cache (after revoking it here)."""
+        self._cache.pop(key.digest, None)
+
+
+def caller_of(request: Request) -> Caller:
+    """The Caller `TenantAuth.authenticate` found for this request (anonymous if none ran)."""
+    caller: Caller = getattr(request.state, "caller", ANONYMOUS)
+    return caller
+
+
+def allow_model(caller: Caller, model: ServedModel, requested: str) -> None:
+    """403 `model_not_allowed` unless the key's allow-list names the model (id or an alias)."""
+    allowed = caller.limits.models
+    if allowed is None or model.id in allowed or not allowed.isdisjoint(model.aliases):
+        return
+    raise PermissionDeniedError(
+        f"This API key may not use the model `{requested}`; it may use: "
+        f"{', '.join(sorted(allowed)) or 'no model'}.",
+        param="model",
+        code="model_not_allowed",
+    )
+

@@ -1,0 +1,1 @@
+"""Alembic migration scripts of the tenancy store (run by `Store.migrate`)."""
