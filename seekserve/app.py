@@ -22,8 +22,11 @@ from seekserve.api.routes import build_router
 from seekserve.api.schemas import ChatCompletion, ChatCompletionRequest, OutputEnvelope
 from seekserve.engines.base import Engine
 from seekserve.errors import APIError, InvalidRequestError, NotFoundError, internal_error
+from seekserve.metrics import AccessLogMiddleware, Metrics, metrics_router
 from seekserve.services import Services
 from seekserve.settings import LlamaCppEngineSettings, Settings, SettingsError
+from seekserve.tenancy.admin import build_admin_router
+from seekserve.tenancy.routes import build_tenancy_router
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ def build_engines(settings: Settings) -> dict[str, Engine]:
 
 def check_bind_safety(settings: Settings) -> str | None:
     """Refuse to serve without keys off loopback; returns the warning to print on loopback."""
-    if settings.api_keys:
+    if settings.api_keys or settings.admin_key is not None:  # either makes keys required
         return None
     if not settings.server.is_loopback():
         raise SettingsError(
@@ -74,6 +77,7 @@ def create_app(
             built = await asyncio.to_thread(build_engines, settings)
             services = Services.build(settings, built)
             app.state.services = services
+        await services.tenancy.start()
         started: list[Engine] = []
         try:
             for engine in services.engines.values():
@@ -85,8 +89,11 @@ def create_app(
             yield
         finally:
             services.started = False
-            for engine in started:
-                await engine.aclose()
+            try:
+                for engine in started:
+                    await engine.aclose()
+            finally:
+                await services.tenancy.stop()  # drains the usage ledger
 
     app = FastAPI(
         title="seekserve",
@@ -95,7 +102,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = Services.build(settings, engines or {})
+    # Read through app.state at scrape time: the lifespan replaces services once engines exist.
+    app.state.metrics = Metrics(lambda: app.state.services.engines)
+    app.add_middleware(AccessLogMiddleware, metrics=app.state.metrics)
     app.include_router(build_router())
+    app.include_router(build_tenancy_router())
+    app.include_router(build_admin_router())
+    app.include_router(metrics_router())
     _install_error_handlers(app)
     _install_openapi(app)
     return app

@@ -1,10 +1,11 @@
-"""The `seekserve` command: serve, models, model pull."""
+"""The `seekserve` command: serve, models, model pull, keys, usage, migrate."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -57,6 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from seekserve.app import check_bind_safety, create_app, resolve_model_path
+    from seekserve.server import DrainingServer
 
     settings = _load_settings(args)
     logging.basicConfig(level=settings.server.log_level.upper(),
@@ -68,8 +70,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for spec in settings.engines.values():
         resolve_model_path(spec, settings.data_dir)
     app = create_app(settings, on_ready=lambda: print(_banner(settings), flush=True))
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port,
-                log_level=settings.server.log_level, timeout_graceful_shutdown=30)
+    grace = settings.server.shutdown_grace_s
+    config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port,
+                            log_level=settings.server.log_level,
+                            timeout_graceful_shutdown=math.ceil(grace) + 5)
+    server = DrainingServer(config, drain=lambda: app.state.services.drain(grace))
+    server.run()
     return 0
 
 
@@ -115,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     pull = model_sub.add_parser("pull", help="assemble the configured models into the data dir")
     add_config(pull)
     pull.set_defaults(func=cmd_model_pull)
+
+    from seekserve.tenancy.cli import add_tenancy_commands
+
+    add_tenancy_commands(sub, add_config, _load_settings)
     return parser
 
 

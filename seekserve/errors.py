@@ -74,5 +74,51 @@ class EngineError(APIError):
     code = "engine_error"
 
 
+class RateLimitedError(APIError):
+    """Over a request, token or concurrency limit; carries Retry-After and x-ratelimit-*."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class ContentFilterError(APIError):
+    """The prompt was refused by the content filter."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "content_filter"
+
+
+class ServiceUnavailableError(APIError):
+    """A dependency the request needs (Redis, a classifier) is down and policy says refuse."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "service_unavailable"
+
+
+class ServerOverloadedError(ServiceUnavailableError):
+    """The engine's queue is full, or a request waited past its deadline (DeepSeek's 503)."""
+
+    code = "server_overloaded"
+
+
+class PermissionDeniedError(APIError):
+    """The key is valid but may not do this (e.g. use a model outside its allow-list)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
+class InsufficientBalanceError(APIError):
+    """The key's budget cannot cover the request's worst case (DeepSeek answers 402)."""
+
+    status_code = 402
+    error_type = "invalid_request_error"
+    code = "insufficient_balance"
+
+
 def internal_error() -> APIError:
     return APIError("The server had an error while processing your request.")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -9,11 +13,13 @@ from typing import Any
 
 from starlette.requests import Request
 
-from seekserve.api.auth import StaticKeyAuth
+from seekserve.api.auth import Caller
 from seekserve.chat.service import ChatService
 from seekserve.engines.base import Engine
 from seekserve.registry import DeploymentRouter, ModelRegistry
 from seekserve.settings import Settings
+from seekserve.tenancy.auth import TenantAuth
+from seekserve.tenancy.service import Tenancy
 
 
 @dataclass
@@ -23,21 +29,36 @@ class Services:
     registry: ModelRegistry
     router: DeploymentRouter
     chat: ChatService
-    auth: StaticKeyAuth
+    auth: TenantAuth
+    tenancy: Tenancy
     started: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+    cache_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
     @classmethod
     def build(cls, settings: Settings, engines: Mapping[str, Engine]) -> Services:
         registry = ModelRegistry(settings)
+        tenancy = Tenancy.build(settings)
         return cls(
             settings=settings,
             engines=engines,
             registry=registry,
             router=DeploymentRouter(settings, registry),
             chat=ChatService(engines, settings.limits),
-            auth=StaticKeyAuth(settings.api_key_hashes()),
+            auth=tenancy.auth,
+            tenancy=tenancy,
+            cache_secret=(settings.server.cache_secret.get_secret_value().encode()
+                          if settings.server.cache_secret else secrets.token_bytes(32)),
         )
+
+    def cache_salt(self, caller: Caller, user_id: str | None) -> bytes:
+        """The prefix-cache isolation key of (API key, user_id); clients cannot choose it."""
+        message = caller.key_digest + b"\x00" + (user_id or "").encode()
+        return hmac.new(self.cache_secret, message, hashlib.sha256).digest()
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new work; give running requests `grace_s` to finish, then end them."""
+        await asyncio.gather(*(engine.drain(grace_s) for engine in self.engines.values()))
 
     @staticmethod
     def of(request: Request) -> Services:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -38,6 +39,18 @@ class ServerSettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     system_fingerprint: str = Field(
         "fp_seekserve", description="Reported as system_fingerprint in every response."
+    )
+    keepalive_interval_s: float = Field(
+        5.0, gt=0, description="While a request waits, a stream gets a `: keep-alive` comment "
+        "and a non-streamed response an empty line this often."
+    )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On shutdown, running requests get this long to finish; what "
+        "is still running then ends with an in-band error."
+    )
+    cache_secret: SecretStr | None = Field(
+        None, description="HMAC key that derives prefix-cache isolation salts from the API key "
+        "and user_id (default: random per process, which is enough for an in-process cache)."
     )
 
     def is_loopback(self) -> bool:
@@ -77,7 +90,30 @@ class LlamaCppEngineSettings(_Section):
     )
     n_batch: int = Field(512, ge=32, description="Most tokens in one llama_decode call.")
     n_threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores).")
-    max_running: int = Field(4, ge=1, le=256, description="Sequences decoded together.")
+    max_running: int = Field(8, ge=1, le=128, description="Sequences decoded together.")
+    prefix_cache_entries: int = Field(
+        32, ge=0, le=127, description="Finished sequences kept for prefix reuse (0 turns the "
+        "prefix cache off); each is matched only by requests of the same key and user_id."
+    )
+    max_queued: int = Field(
+        128, ge=1, description="Requests waiting for a sequence slot; more get 503."
+    )
+    max_queued_tokens: int = Field(
+        65536, ge=1, description="Prompt tokens waiting in the queue; more get 503 (the default "
+        "is about ten minutes of prefill on a 2-core machine)."
+    )
+    queue_deadline_s: float = Field(
+        600.0, gt=0, description="A request not started within this many seconds gets an error."
+    )
+    long_prompt_tokens: int = Field(
+        512, ge=1, description="While other streams are decoding, a prompt with more uncached "
+        "tokens than this is prefilled a few tokens per step (see prefill_per_decode) instead "
+        "of in whole chunks, so running streams keep their pace."
+    )
+    prefill_per_decode: float = Field(
+        1.0, gt=0, description="Prompt tokens of a long prompt added to each decode step, per "
+        "running stream (1.0 keeps inter-token latency under about 2x)."
+    )
     chat_template: str | None = Field(
         None, description="A Jinja chat template that replaces the one in the GGUF file."
     )
@@ -88,7 +124,21 @@ class LlamaCppEngineSettings(_Section):
         if self.max_running > self.n_batch:
             raise ValueError(f"max_running ({self.max_running}) cannot exceed n_batch "
                              f"({self.n_batch}): each step decodes one token per sequence")
+        if self.max_running + self.prefix_cache_entries + 1 > 256:
+            raise ValueError("max_running + prefix_cache_entries must stay under 256, "
+                             "llama.cpp's limit on sequence ids")
         return self
+
+
+class ModelPricing(_Section):
+    """What one model's tokens cost, per million, as DeepSeek prices them (cache hits apart)."""
+
+    input: Decimal = Field(..., ge=0, description="Price of 1M prompt tokens (cache miss).")
+    cached_input: Decimal | None = Field(
+        None, ge=0, description="Price of 1M prompt tokens served from the prefix cache "
+        "(default: the input price).")
+    output: Decimal = Field(..., ge=0, description="Price of 1M completion tokens.")
+    currency: Literal["USD"] = Field("USD", description="Budgets are kept in USD.")
 
 
 class ModelSettings(_Section):
@@ -96,6 +146,8 @@ class ModelSettings(_Section):
     aliases: list[str] = Field(default_factory=list, description="Other ids for the same model.")
     engine: str = Field("embedded", description="Name of the engine (key of `engines`).")
     owned_by: str = "seekserve"
+    pricing: ModelPricing | None = Field(
+        None, description="Token prices, charged to money budgets; unset means free.")
 
 
 class DeploymentSettings(_Section):
@@ -130,6 +182,98 @@ def _default_deployments() -> list[DeploymentSettings]:
     return [DeploymentSettings(name="default")]
 
 
+class RateLimitSettings(_Section):
+    """Per-key request, token and concurrency limits, in this process or shared through Redis."""
+
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="`memory` counts in this process; `redis` shares the counts "
+        "between replicas (atomic scripts).")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for backend `redis`.")
+    redis_prefix: str = Field("seekserve:rl:", description="Prefix of every Redis key written.")
+    redis_timeout_s: float = Field(0.5, gt=0, le=30, description="Redis connect/command timeout.")
+    on_redis_error: Literal["fail_open", "fail_closed"] = Field(
+        "fail_open", description="When Redis cannot be reached: admit without limits "
+        "(`fail_open`) or refuse with 503 (`fail_closed`); logged and counted either way.")
+    lease_ttl_s: float = Field(
+        30.0, ge=1, le=3600, description="A concurrency slot expires this long after its last "
+        "renewal (renewed every third of it while the request runs), so a crashed replica's "
+        "slots come back.")
+    default_rpm: int | None = Field(
+        None, ge=1, description="Requests per minute for a key that carries no limits.")
+    default_tpm: int | None = Field(
+        None, ge=1, description="Tokens per minute (prompt + max_tokens reserved, settled to "
+        "the real count) for a key that carries no limits.")
+    default_max_concurrency: int | None = Field(
+        None, ge=1, description="Concurrent requests per key for a key that carries no limits.")
+    default_user_max_concurrency: int | None = Field(
+        None, ge=1, description="Concurrent requests per user_id under one key.")
+
+
+class RegexRuleSettings(_Section):
+    pattern: str = Field(..., min_length=1, description="A Python regular expression.")
+    max_length: int = Field(
+        ..., ge=1, le=4096, description="The longest text a match (lookarounds included) can "
+        "span; streamed output holds back this many characters minus one.")
+    ignore_case: bool = True
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        import re
+
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+
+class ModerationRuleSettings(_Section):
+    words: list[str] = Field(
+        default_factory=list, description="Whole words or phrases, matched case-insensitively.")
+    patterns: list[RegexRuleSettings] = Field(default_factory=list)
+
+
+class ClassifierSettings(_Section):
+    """An OpenAI-compatible `/v1/moderations` endpoint asked about each prompt."""
+
+    url: str = Field(..., description="Full URL of the moderations endpoint.")
+    api_key: SecretStr | None = Field(None, description="Sent as a Bearer token.")
+    model: str | None = Field(None, description="Sent as `model` when set.")
+    timeout_s: float = Field(2.0, gt=0, le=60)
+    on_error: Literal["fail_open", "fail_closed"] = Field(
+        "fail_open", description="When the classifier fails or times out: allow the prompt, "
+        "or refuse it with 503.")
+
+
+class ModerationSettings(_Section):
+    """Content safety: rule lists (global and per deployment) and an optional classifier."""
+
+    rules: ModerationRuleSettings = Field(default_factory=ModerationRuleSettings)
+    deployments: dict[str, ModerationRuleSettings] = Field(
+        default_factory=dict, description="Rules added for one deployment (by name).")
+    check_output: bool = Field(True, description="Also filter generated text, streamed too.")
+    classifier: ClassifierSettings | None = None
+
+
+class StoreSettings(_Section):
+    """The shared database of keys, budgets and usage, and the local usage journal."""
+
+    url: str | None = Field(
+        None, description="SQLAlchemy async URL, e.g. postgresql+asyncpg://user@host/db; "
+        "unset means the SQLite file <data_dir>/seekserve.db (WAL).")
+    key_cache_s: float = Field(
+        2.0, ge=0, le=4, description="How long a replica trusts a managed key it looked up; a "
+        "revoked or expired key is refused by every replica within this (and at most 5 s).")
+    reservation_ttl_s: float = Field(
+        900.0, ge=10, description="A budget reservation not settled by then (its process died) "
+        "is released.")
+    journal_dir: Path | None = Field(
+        None, description="Where the usage journal lives (default <data_dir>/ledger).")
+    flush_interval_s: float = Field(
+        0.5, gt=0, le=60, description="How often journaled usage rows are written to the store.")
+
+
 class Settings(BaseSettings):
     """Everything the server is configured with; `Settings.load` reads file + environment."""
 
@@ -146,6 +290,12 @@ class Settings(BaseSettings):
     engines: dict[str, LlamaCppEngineSettings] = Field(default_factory=_default_engines)
     models: list[ModelSettings] = Field(default_factory=_default_models)
     deployments: list[DeploymentSettings] = Field(default_factory=_default_deployments)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    admin_key: SecretStr | None = Field(
+        None, description="Bearer key of the /admin API (SEEKSERVE_ADMIN_KEY); unset means the "
+        "admin API answers 404.")
+    ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -184,6 +334,9 @@ class Settings(BaseSettings):
             for name in dep.models or []:
                 if name not in seen:
                     raise ValueError(f"deployment {dep.name!r} names unknown model {name!r}")
+        for name in self.moderation.deployments:
+            if name not in {dep.name for dep in self.deployments}:
+                raise ValueError(f"moderation.deployments names unknown deployment {name!r}")
         if plain_defaults > 1:
             raise ValueError(
                 "more than one deployment has neither endpoint_path nor hosts; "

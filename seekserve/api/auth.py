@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from seekserve.errors import AuthenticationError
+from seekserve.tenancy.keys import NO_LIMITS, KeyLimits
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,9 @@ class Caller:
     """Who is calling: the digest of their key (empty when the server runs without keys)."""
 
     key_digest: bytes
+    key_id: str | None = None  # a managed key's id; None for a static key or an open server
+    name: str | None = None  # a managed key's name
+    limits: KeyLimits = NO_LIMITS  # a managed key's limits and allowed models
 
 
 class StaticKeyAuth:
@@ -39,10 +43,13 @@ class StaticKeyAuth:
                 code="missing_api_key",
             )
         digest = hashlib.sha256(token.strip().encode()).digest()
+        if not self.matches(digest):
+            raise AuthenticationError("Incorrect API key provided.")
+        return Caller(key_digest=digest)
+
+    def matches(self, digest: bytes) -> bool:
         # Compare against every key so the time taken does not tell which one was close.
         matched = False
         for known in self._digests:
             matched |= secrets.compare_digest(digest, known)
-        if not matched:
-            raise AuthenticationError("Incorrect API key provided.")
-        return Caller(key_digest=digest)
+        return matched

@@ -13,12 +13,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from seekserve.api import dialects
+from seekserve.api.auth import Caller
 from seekserve.api.requests import parse_chat_request, read_body
 from seekserve.api.schemas import ErrorBody, ModelList
-from seekserve.api.sse import DONE, ClientDisconnected, SSEResponse, sse_event, until_disconnected
+from seekserve.api.sse import (
+    DONE,
+    KEEPALIVE,
+    PatientJSONResponse,
+    SSEResponse,
+    sse_event,
+    with_keepalive,
+)
 from seekserve.chat.service import Delta, PreparedChat, new_completion_id
 from seekserve.registry import Deployment
 from seekserve.services import Services
+from seekserve.tenancy.auth import allow_model
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "Invalid request (names the field as `param`)."},
@@ -53,31 +62,31 @@ def build_router() -> APIRouter:
                  response_model=None)
     async def chat_completions(request: Request) -> Response:
         services = Services.of(request)
-        services.auth.authenticate(request)
+        caller = await services.auth.authenticate(request)
         deployment = services.router.for_plain_route(request.headers.get("host"))
-        return await _serve_chat(request, services, deployment)
+        return await _serve_chat(request, services, deployment, caller)
 
     @router.post("/v1/ai/{endpointPath}/chat/completions", responses=CHAT_RESPONSES,
                  openapi_extra=CHAT_BODY, tags=["chat"], response_model=None,
                  summary="Create a chat completion on a named endpoint (MaaS shape)")
     async def endpoint_chat_completions(request: Request, endpointPath: str) -> Response:
         services = Services.of(request)
-        services.auth.authenticate(request)
+        caller = await services.auth.authenticate(request)
         deployment = services.router.for_endpoint_path(endpointPath)
-        return await _serve_chat(request, services, deployment)
+        return await _serve_chat(request, services, deployment, caller)
 
     @router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES,
                 tags=["models"], summary="List the served models and their aliases")
     async def list_models(request: Request) -> dict[str, Any]:
         services = Services.of(request)
-        services.auth.authenticate(request)
+        await services.auth.authenticate(request)
         return {"object": "list", "data": services.model_cards()}
 
     @router.get("/v1/models/{model_id}", responses=ERROR_RESPONSES, tags=["models"],
                 summary="Describe one model")
     async def get_model(request: Request, model_id: str) -> dict[str, Any]:
         services = Services.of(request)
-        services.auth.authenticate(request)
+        await services.auth.authenticate(request)
         services.registry.resolve(model_id)
         return next(c for c in services.model_cards() if c["id"] == model_id)
 
@@ -99,12 +108,15 @@ def build_router() -> APIRouter:
     return router
 
 
-async def _serve_chat(request: Request, services: Services, deployment: Deployment) -> Response:
+async def _serve_chat(request: Request, services: Services, deployment: Deployment,
+                      caller: Caller) -> Response:
     body = await read_body(request, services.settings.limits.max_body_bytes)
     req = parse_chat_request(body)
     model = services.registry.resolve(req.model, deployment)
+    allow_model(caller, model, req.model)
     request_id = new_completion_id()
-    chat = services.chat.prepare(req, model, request_id=request_id)
+    chat = services.chat.prepare(req, model, request_id=request_id,
+                                 cache_salt=services.cache_salt(caller, req.user_id))
     ctx = dialects.ResponseContext(
         dialect=deployment.dialect,
         id=request_id,
@@ -113,13 +125,15 @@ async def _serve_chat(request: Request, services: Services, deployment: Deployme
         system_fingerprint=services.settings.server.system_fingerprint,
         include_usage=bool(req.stream_options and req.stream_options.include_usage),
     )
+    services.chat.submit(chat)  # a full queue is a 503 here, before any response starts
+    interval = services.settings.server.keepalive_interval_s
     if req.stream:
-        return SSEResponse(_sse_events(services, ctx, chat))
-    try:
-        result = await until_disconnected(request, services.chat.complete(chat))
-    except ClientDisconnected:
-        return Response(status_code=499)
-    return JSONResponse(dialects.completion_body(ctx, result))
+        return SSEResponse(with_keepalive(_sse_events(services, ctx, chat), interval, KEEPALIVE))
+
+    async def answer() -> dict[str, Any]:
+        return dialects.completion_body(ctx, await services.chat.complete(chat))
+
+    return PatientJSONResponse(answer(), interval)
 
 
 async def _sse_events(services: Services, ctx: dialects.ResponseContext, chat: PreparedChat
