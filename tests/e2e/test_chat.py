@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -18,9 +19,10 @@ QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful
 
 
 def test_non_streamed_chat_answers_with_full_usage(client: openai.OpenAI) -> None:
+    # A user_id of its own: nothing is cached for it yet (the session server is shared).
     resp = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": "What is 2 + 2? Answer briefly."}],
-        temperature=0, max_tokens=32,
+        temperature=0, max_tokens=32, extra_body={"user_id": f"fresh-{uuid.uuid4().hex}"},
     )
     choice = resp.choices[0]
     assert resp.id.startswith("chatcmpl-")
@@ -108,6 +110,7 @@ def test_same_seed_same_output(client: openai.OpenAI) -> None:
         resp = client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "Invent a name for a bakery."}],
             temperature=1.0, top_p=0.95, seed=seed, max_tokens=24,
+            extra_body={"user_id": f"seed-{uuid.uuid4().hex}"},  # cold each time
         )
         return resp.choices[0].message.content or ""
 
@@ -117,11 +120,15 @@ def test_same_seed_same_output(client: openai.OpenAI) -> None:
 
 
 def test_streamed_deltas_equal_non_streamed_content(client: openai.OpenAI) -> None:
+    # Seeded output repeats for the same computation: both requests start cold (their own
+    # user_ids), since a cached prefix shifts logits slightly (see README, Sampling).
     kwargs = {"model": MODEL, "messages": [{"role": "user", "content": "Describe rain."}],
               "temperature": 0.8, "seed": 7, "max_tokens": 32}
-    whole = client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
-    stream = client.chat.completions.create(
-        stream=True, stream_options={"include_usage": True}, **kwargs)  # type: ignore[call-overload]
+    whole = client.chat.completions.create(  # type: ignore[call-overload]
+        extra_body={"user_id": f"whole-{uuid.uuid4().hex}"}, **kwargs)
+    stream = client.chat.completions.create(  # type: ignore[call-overload]
+        stream=True, stream_options={"include_usage": True},
+        extra_body={"user_id": f"stream-{uuid.uuid4().hex}"}, **kwargs)
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
