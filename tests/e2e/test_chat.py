@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import Server
+from tests.e2e.conftest import Server, start_server, stop_server
 
 MODEL = "deepseek-v4-pro"
 COUNT_PROMPT = [{"role": "user", "content": "Count from 1 to 20, separated by commas. "
@@ -105,12 +106,23 @@ def test_max_tokens_gives_length(client: openai.OpenAI) -> None:
     assert resp.usage is not None and resp.usage.completion_tokens == 5
 
 
-def test_same_seed_same_output(client: openai.OpenAI) -> None:
+@pytest.fixture(scope="module")
+def exact_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
+    """A server whose computation repeats exactly for a request run alone: no prefix cache, so
+    every request finds the KV cache empty and its cells in the same places. (llama.cpp's sums
+    depend on batch shape, on a prefix taken from the cache and on where cells lie.)"""
+    srv = start_server({"engines": {"embedded": {"n_ctx": 4096, "prefix_cache_entries": 0}},
+                        "models": [{"id": MODEL, "engine": "embedded"}]},
+                       tmp_path_factory.mktemp("exact"))
+    yield srv.client()
+    stop_server(srv)
+
+
+def test_same_seed_same_output(exact_client: openai.OpenAI) -> None:
     def run(seed: int) -> str:
-        resp = client.chat.completions.create(
+        resp = exact_client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "Invent a name for a bakery."}],
             temperature=1.0, top_p=0.95, seed=seed, max_tokens=24,
-            extra_body={"user_id": f"seed-{uuid.uuid4().hex}"},  # cold each time
         )
         return resp.choices[0].message.content or ""
 
@@ -119,16 +131,12 @@ def test_same_seed_same_output(client: openai.OpenAI) -> None:
     assert any(run(seed) != first for seed in (1, 2, 3))
 
 
-def test_streamed_deltas_equal_non_streamed_content(client: openai.OpenAI) -> None:
-    # Seeded output repeats for the same computation: both requests start cold (their own
-    # user_ids), since a cached prefix shifts logits slightly (see README, Sampling).
+def test_streamed_deltas_equal_non_streamed_content(exact_client: openai.OpenAI) -> None:
     kwargs = {"model": MODEL, "messages": [{"role": "user", "content": "Describe rain."}],
               "temperature": 0.8, "seed": 7, "max_tokens": 32}
-    whole = client.chat.completions.create(  # type: ignore[call-overload]
-        extra_body={"user_id": f"whole-{uuid.uuid4().hex}"}, **kwargs)
-    stream = client.chat.completions.create(  # type: ignore[call-overload]
-        stream=True, stream_options={"include_usage": True},
-        extra_body={"user_id": f"stream-{uuid.uuid4().hex}"}, **kwargs)
+    whole = exact_client.chat.completions.create(**kwargs)  # type: ignore[call-overload]
+    stream = exact_client.chat.completions.create(  # type: ignore[call-overload]
+        stream=True, stream_options={"include_usage": True}, **kwargs)
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
