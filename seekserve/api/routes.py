@@ -18,11 +18,9 @@ from seekserve.api.requests import parse_chat_request, read_body
 from seekserve.api.schemas import ErrorBody, ModelList
 from seekserve.api.sse import (
     DONE,
-    KEEPALIVE,
     PatientJSONResponse,
     SSEResponse,
     sse_event,
-    with_keepalive,
 )
 from seekserve.chat.service import Delta, PreparedChat, new_completion_id
 from seekserve.registry import Deployment
@@ -128,7 +126,7 @@ async def _serve_chat(request: Request, services: Services, deployment: Deployme
     services.chat.submit(chat)  # a full queue is a 503 here, before any response starts
     interval = services.settings.server.keepalive_interval_s
     if req.stream:
-        return SSEResponse(with_keepalive(_sse_events(services, ctx, chat), interval, KEEPALIVE))
+        return SSEResponse(_sse_events(services, ctx, chat), keepalive_s=interval)
 
     async def answer() -> dict[str, Any]:
         return dialects.completion_body(ctx, await services.chat.complete(chat))

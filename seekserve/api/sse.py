@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+import time
+from collections.abc import AsyncGenerator, Awaitable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -34,32 +35,6 @@ async def wait_for_disconnect(receive: Receive) -> None:
             return
 
 
-async def with_keepalive(events: AsyncGenerator[bytes, None], interval: float, ping: bytes
-                         ) -> AsyncGenerator[bytes, None]:
-    """Yield `events`, and `ping` whenever they are silent for `interval` seconds."""
-    source: AsyncIterator[bytes] = events.__aiter__()
-    pending: asyncio.Future[bytes] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(source.__anext__())
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield ping
-                continue
-            finished, pending = pending, None
-            try:
-                item = finished.result()
-            except StopAsyncIteration:
-                return
-            yield item
-    finally:
-        if pending is not None:
-            pending.cancel()
-            await asyncio.wait({pending})
-        await events.aclose()
-
-
 class ClientDisconnected(Exception):
     """The client closed the connection before the answer was ready."""
 
@@ -82,13 +57,17 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
 class SSEResponse(Response):
     """Streams `events` as SSE; a client disconnect cancels (and closes) the event iterator.
 
-    An APIError raised after the headers went out becomes one in-band `data: {"error": ...}`
-    event and the stream ends without [DONE].
+    When nothing was sent for `keepalive_s` (a request waiting in the queue), a `: keep-alive`
+    comment goes out. An APIError raised after the headers went out becomes one in-band
+    `data: {"error": ...}` event and the stream ends without [DONE].
     """
 
-    def __init__(self, events: AsyncGenerator[bytes, None], headers: dict[str, str] | None = None
-                 ) -> None:
+    def __init__(self, events: AsyncGenerator[bytes, None], *, keepalive_s: float | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         self._events = events
+        self._keepalive_s = keepalive_s
+        self._last_sent = 0.0
+        self._sending = asyncio.Lock()
         super().__init__(status_code=200, media_type="text/event-stream",
                          headers={"cache-control": "no-cache", "x-accel-buffering": "no",
                                   **(headers or {})})
@@ -101,12 +80,17 @@ class SSEResponse(Response):
             "status": self.status_code,
             "headers": self.raw_headers,
         })
+        self._last_sent = time.monotonic()
         pump = asyncio.ensure_future(self._pump(send))
         watcher = asyncio.ensure_future(wait_for_disconnect(receive))
+        # One ticker per stream, not a task per event: per-token work competes with the engine.
+        ticker = (asyncio.ensure_future(self._tick(send)) if self._keepalive_s else None)
         try:
             await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             watcher.cancel()
+            if ticker is not None:
+                ticker.cancel()
             if not pump.done():
                 pump.cancel()
                 try:
@@ -118,19 +102,30 @@ class SSEResponse(Response):
             if not isinstance(exc, OSError):
                 raise exc  # type: ignore[misc]
 
+    async def _send(self, send: Send, body: bytes, more: bool = True) -> None:
+        async with self._sending:
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+            self._last_sent = time.monotonic()
+
+    async def _tick(self, send: Send) -> None:
+        interval = self._keepalive_s
+        assert interval is not None
+        while True:
+            await asyncio.sleep(max(0.0, self._last_sent + interval - time.monotonic()))
+            if time.monotonic() - self._last_sent >= interval:
+                await self._send(send, KEEPALIVE)
+
     async def _pump(self, send: Send) -> None:
         async with aclosing(self._events) as events:
             try:
                 async for chunk in events:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await self._send(send, chunk)
             except APIError as exc:
-                await send({"type": "http.response.body", "body": sse_event(exc.body()),
-                            "more_body": True})
+                await self._send(send, sse_event(exc.body()))
             except Exception:
                 log.exception("stream failed after it started")
-                await send({"type": "http.response.body", "body": sse_event(
-                    internal_error().body()), "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await self._send(send, sse_event(internal_error().body()))
+        await self._send(send, b"", more=False)
 
 
 class PatientJSONResponse(Response):

@@ -65,6 +65,7 @@ class LedgerClosedError(RuntimeError):
 
 
 _Pending = tuple[bytes, "asyncio.Future[None]"]
+_ORPHAN_SCAN_S = 30.0
 
 
 class Ledger:
@@ -73,6 +74,7 @@ class Ledger:
         self._store = store
         self.directory = directory
         self._flush_interval = flush_interval_s
+        self._dirty = False  # rows were journaled since the last copy into the store
         self._batch_size = batch_size
         self._max_retry = max_retry_s
         self._journal: Journal | None = None
@@ -99,14 +101,16 @@ class Ledger:
         self._queue.put_nowait((rec.model_dump_json().encode(), done))
         await done
 
-    async def flush(self) -> int:
+    async def flush(self, *, adopt_orphans: bool = True) -> int:
         """Copy every journaled row into the store now; returns the rows read from journals.
 
         Raises the store's error if it cannot be reached (the rows stay journaled)."""
         async with self._flush_lock:
             copied = 0
             assert self._journal is not None
-            for path in Journal.orphans(self.directory, besides=self._journal.path):
+            orphans = (Journal.orphans(self.directory, besides=self._journal.path)
+                       if adopt_orphans else [])
+            for path in orphans:
                 if path not in self._orphans:
                     adopted = await asyncio.to_thread(Journal.adopt, path)
                     if adopted is not None:
@@ -183,18 +187,30 @@ class Ledger:
                     if not done.done():
                         done.set_exception(exc)
                 continue
+            self._dirty = True
             for _, done in batch:
                 if not done.done():
                     done.set_result(None)
 
     async def _flush_loop(self) -> None:
+        # Idle servers do no work here: the journal is copied only when rows were written, and
+        # journals of stopped processes are looked for every _ORPHAN_SCAN_S.
         delay = self._flush_interval
+        since_scan = _ORPHAN_SCAN_S  # the first pass replays what stopped processes left
         while True:
             await asyncio.sleep(delay)
+            since_scan += delay
+            scan = since_scan >= _ORPHAN_SCAN_S
+            if not (self._dirty or self._orphans or scan):
+                continue
             try:
-                await self.flush()
+                self._dirty = False
+                await self.flush(adopt_orphans=scan)
+                if scan:
+                    since_scan = 0.0
                 delay = self._flush_interval
             except Exception as exc:  # any store failure: the rows stay journaled
+                self._dirty = True
                 delay = min(self._max_retry, delay * 2)
                 log.warning("usage rows stay journaled, the store cannot be written (retry in "
                             "%.1fs): %s", delay, exc)

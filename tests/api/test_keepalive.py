@@ -14,19 +14,18 @@ import openai
 import pytest
 from starlette.types import Message
 
-from seekserve.api.sse import PatientJSONResponse, with_keepalive
+from seekserve.api.sse import KEEPALIVE, PatientJSONResponse, SSEResponse
 from seekserve.errors import RateLimitedError
 from tests.api.conftest import MODEL, asgi_client, build_app, chat_body, live_server, sse_json
 from tests.fakes import FakeEngine
 
 CHAT = "/v1/chat/completions"
-PING = b"<ping>"
 SLOW_REPLY = "K"           # one token: the answer takes 0.5 s
 TOKEN_DELAY = 0.5
 INTERVAL = 0.1             # server.keepalive_interval_s for the end-to-end tests
 
 
-# ----- with_keepalive -----
+# ----- SSEResponse keep-alives, called as an ASGI app -----
 
 
 async def scripted(script: list[tuple[float, bytes]], log: list[str]
@@ -47,20 +46,41 @@ async def scripted(script: list[tuple[float, bytes]], log: list[str]
         log.append("finally")
 
 
-async def failing_after(delay: float, log: list[str]) -> AsyncGenerator[bytes, None]:
+async def failing_after(delay: float, error: Exception, log: list[str]
+                        ) -> AsyncGenerator[bytes, None]:
     try:
         yield b"first"
         await asyncio.sleep(delay)
-        raise ValueError("the source broke")
+        raise error
     finally:
         log.append("finally")
+
+
+async def run_sse(source: AsyncGenerator[bytes, None], interval: float | None,
+                  disconnect_after: float | None = None) -> list[bytes]:
+    """The body chunks an SSEResponse sends (empty final chunk left out)."""
+    sent: list[bytes] = []
+
+    async def receive() -> Message:
+        if disconnect_after is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(disconnect_after or 0)
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.body" and message["body"]:
+            sent.append(message["body"])
+
+    async with asyncio.timeout(5):
+        await SSEResponse(source, keepalive_s=interval)({"type": "http"}, receive, send)
+    return sent
 
 
 def runs_of_pings(items: list[bytes]) -> list[int]:
     """How many pings came before each real item (and, last, after the final one)."""
     runs, count = [], 0
     for item in items:
-        if item == PING:
+        if item == KEEPALIVE:
             count += 1
         else:
             runs.append(count)
@@ -69,90 +89,62 @@ def runs_of_pings(items: list[bytes]) -> list[int]:
     return runs
 
 
-async def test_with_keepalive_pings_only_while_the_source_is_silent() -> None:
+async def test_keepalives_flow_only_while_the_source_is_silent() -> None:
     log: list[str] = []
-    source = scripted([(0.23, b"a"), (0.0, b"b"), (0.13, b"c")], log)
-    items = [item async for item in with_keepalive(source, 0.05, PING)]
-
-    assert [i for i in items if i != PING] == [b"a", b"b", b"c"]
+    items = await run_sse(scripted([(0.23, b"a"), (0.0, b"b"), (0.13, b"c")], log), 0.05)
+    assert [i for i in items if i != KEEPALIVE] == [b"a", b"b", b"c"]
     before_a, between_a_b, between_b_c, after_c = runs_of_pings(items)
-    assert 2 <= before_a <= 4
+    assert 2 <= before_a <= 5
     assert between_a_b == 0
-    assert 1 <= between_b_c <= 2
+    assert 1 <= between_b_c <= 3
     assert after_c == 0
     assert log == ["finally"]
 
 
-async def test_with_keepalive_passes_a_fast_source_through_unchanged() -> None:
+async def test_a_fast_source_passes_through_unchanged() -> None:
     log: list[str] = []
     script = [(0.0, bytes([n])) for n in range(50)]
-    items = [item async for item in with_keepalive(scripted(script, log), 0.5, PING)]
-    assert items == [bytes([n]) for n in range(50)]
+    assert await run_sse(scripted(script, log), 0.5) == [bytes([n]) for n in range(50)]
     assert log == ["finally"]
 
 
-async def test_with_keepalive_of_an_empty_source_yields_nothing() -> None:
+async def test_without_an_interval_no_keepalive_is_sent() -> None:
     log: list[str] = []
-    assert [item async for item in with_keepalive(scripted([], log), 0.5, PING)] == []
+    assert await run_sse(scripted([(0.2, b"a")], log), None) == [b"a"]
+
+
+async def test_an_empty_source_sends_nothing() -> None:
+    log: list[str] = []
+    assert await run_sse(scripted([], log), 0.5) == []
     assert log == ["finally"]
 
 
-async def test_closing_early_closes_a_source_waiting_at_a_yield() -> None:
+async def test_a_disconnect_cancels_a_source_that_is_still_working() -> None:
     log: list[str] = []
-    stream = with_keepalive(scripted([(0.0, b"a"), (0.0, b"b")], log), 0.5, PING)
-    assert await stream.__anext__() == b"a"
-    await stream.aclose()
-    assert log == ["closed", "finally"]
-
-
-async def test_closing_early_cancels_a_source_that_is_still_working() -> None:
-    log: list[str] = []
-    stream = with_keepalive(scripted([(30.0, b"never")], log), 0.05, PING)
-    async with asyncio.timeout(2):
-        assert await stream.__anext__() == PING
     started = time.monotonic()
-    async with asyncio.timeout(2):
-        await stream.aclose()
+    items = await run_sse(scripted([(0.0, b"a"), (30.0, b"never")], log), 0.05,
+                          disconnect_after=0.2)
     assert time.monotonic() - started < 1
-    assert log == ["cancelled", "finally"]
-    with pytest.raises(StopAsyncIteration):
-        await stream.__anext__()
-
-
-async def test_breaking_out_of_a_loop_closes_the_source() -> None:
-    log: list[str] = []
-    stream = with_keepalive(scripted([(0.0, b"a"), (30.0, b"never")], log), 0.05, PING)
-    seen = []
-    async with asyncio.timeout(2):
-        async for item in stream:
-            seen.append(item)
-            if item == PING:
-                break
-        await stream.aclose()
-    assert seen == [b"a", PING]
+    assert items[0] == b"a" and set(items[1:]) == {KEEPALIVE}
     assert log == ["cancelled", "finally"]
 
 
-async def test_with_keepalive_raises_what_the_source_raises() -> None:
+async def test_an_api_error_after_the_start_is_one_in_band_event() -> None:
     log: list[str] = []
-    seen: list[bytes] = []
-    with pytest.raises(ValueError, match="the source broke"):
-        async for item in with_keepalive(failing_after(0.25, log), 0.05, PING):
-            seen.append(item)
-    assert seen[0] == b"first"
-    assert set(seen[1:]) == {PING}
-    assert len(seen[1:]) >= 2
+    items = await run_sse(failing_after(0.12, RateLimitedError("slow down"), log), 0.05)
+    assert items[0] == b"first"
+    assert KEEPALIVE in items[1:-1]
+    assert json.loads(items[-1].removeprefix(b"data: "))["error"]["message"] == "slow down"
     assert log == ["finally"]
 
 
-async def test_with_keepalive_raises_a_source_error_that_comes_at_once() -> None:
+async def test_an_unexpected_error_is_an_in_band_internal_error() -> None:
     log: list[str] = []
-    seen: list[bytes] = []
-    with pytest.raises(ValueError, match="the source broke"):
-        async for item in with_keepalive(failing_after(0.0, log), 0.5, PING):
-            seen.append(item)
-    assert seen == [b"first"]
-    assert log == ["finally"]
+    items = await run_sse(failing_after(0.0, ValueError("secret detail"), log), 0.05)
+    assert items[0] == b"first"
+    body = json.loads(items[-1].removeprefix(b"data: "))
+    assert body["error"]["type"] == "server_error"
+    assert "secret detail" not in items[-1].decode()
 
 
 # ----- PatientJSONResponse, called as an ASGI app -----
