@@ -64,16 +64,23 @@ GOAL_THROUGHPUT = 3.0
 GOAL_TTFT = 0.25
 
 
-def build_prompts(tokenizer: Tokenizer, run: int, clients: int, target: int) -> list[str]:
-    """`clients` distinct prompts of about `target` tokens each, distinct for every run."""
+def build_prompts(tokenizer: Tokenizer, run: int, clients: int, target: int, shared: int = 0
+                  ) -> list[list[dict[str, str]]]:
+    """`clients` prompts of about `target` tokens each, distinct for every run. With `shared`,
+    the first `shared` tokens are one system message common to all clients (an app's system
+    prompt); the rest is each client's own."""
+    system = (tokenizer.text_of_tokens(500 * (run + 1), shared) if shared else "")
     prompts = []
     for client in range(clients):
         topic = STORY_TOPICS[(client + run) % len(STORY_TOPICS)]
         ask = (f"\n\nUsing the notes above only as background, write a long, detailed story "
                f"about {topic}.")
         notes = tokenizer.text_of_tokens(1000 * (run + 1) + client,
-                                         max(1, target - tokenizer.count(ask)))
-        prompts.append(notes + ask)
+                                         max(1, target - shared - tokenizer.count(ask)))
+        messages = [{"role": "user", "content": notes + ask}]
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        prompts.append(messages)
     return prompts
 
 
@@ -102,12 +109,15 @@ class LoadRun:
         }
 
 
-async def load_run(server: ServerProcess, prompts: list[str], args: argparse.Namespace,
-                   tokenizer: Tokenizer, run: int) -> LoadRun:
+async def load_run(server: ServerProcess, prompts: list[list[dict[str, str]]],
+                   args: argparse.Namespace, tokenizer: Tokenizer, run: int) -> LoadRun:
     async with async_client(server, args.request_timeout) as client:
         results = [StreamResult(label=f"{server.name} client {i}") for i in range(len(prompts))]
-        bodies = [chat_body([{"role": "user", "content": p}], args.max_tokens,
-                            user_id=f"bench-run{run}-client{i}")
+        # Distinct prompts come from distinct end users; a shared system prompt from one app
+        # calling without user_id (one cache salt), as an app behind one key does.
+        bodies = [chat_body(p, args.max_tokens,
+                            **({} if args.shared_prefix_tokens
+                               else {"user_id": f"bench-run{run}-client{i}"}))
                   for i, p in enumerate(prompts)]
         start = time.perf_counter()
         await asyncio.gather(*(stream_chat(client, server, body, result)
@@ -127,7 +137,8 @@ def measure(server: ServerProcess, args: argparse.Namespace, tokenizer: Tokenize
                 [{"role": "user", "content": "Say hello."}], 4))  # warm-up
         runs = []
         for run in range(args.runs):
-            prompts = build_prompts(tokenizer, run, args.clients, args.prompt_tokens)
+            prompts = build_prompts(tokenizer, run, args.clients, args.prompt_tokens,
+                                    args.shared_prefix_tokens)
             result = await load_run(server, prompts, args, tokenizer, run)
             runs.append(result)
             s = result.summary()
@@ -180,6 +191,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=250)
+    parser.add_argument("--shared-prefix-tokens", type=int, default=0,
+                        help="make the first N prompt tokens a system prompt shared by all "
+                        "clients, sent without user_id (default 0: all distinct)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--max-running", type=int, default=None,
                         help="seekserve engines.embedded.max_running (default: --clients)")
@@ -211,6 +225,7 @@ def main() -> None:
     summary: dict[str, Any] = {
         "model_path": str(model_path), "clients": args.clients,
         "prompt_tokens_target": args.prompt_tokens, "max_tokens": args.max_tokens,
+        "shared_prefix_tokens": args.shared_prefix_tokens,
         "seekserve_engine": engine, "seekserve": ours_summary,
     }
     columns = [

@@ -63,6 +63,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _load_settings(args)
     logging.basicConfig(level=settings.server.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The access log is one JSON object per line, nothing around it.
+    access = logging.getLogger("seekserve.access")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
     warning = check_bind_safety(settings)
     if warning:
         print(f"seekserve: warning: {warning}", file=sys.stderr)
@@ -72,7 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings, on_ready=lambda: print(_banner(settings), flush=True))
     grace = settings.server.shutdown_grace_s
     config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port,
-                            log_level=settings.server.log_level,
+                            log_level=settings.server.log_level, access_log=False,
                             timeout_graceful_shutdown=math.ceil(grace) + 5)
     server = DrainingServer(config, drain=lambda: app.state.services.drain(grace))
     server.run()

@@ -135,6 +135,22 @@ def test_cache_hits_stay_within_one_key_and_user_id(batching_server: Server) -> 
     assert min(same_salt_hits) > 0.9, same_salt_hits
 
 
+def test_requests_arriving_together_share_their_common_prefix(batching_server: Server) -> None:
+    """No finished entry exists yet: the first request's computed cells serve the others."""
+    system = "You are the harbour master's assistant. Answer briefly. " * 20
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(
+            lambda i: _ask(batching_server, f"Question {i}: when does ship {i} leave?",
+                           user_id="harbour-app", system=system, max_tokens=4),
+            range(4)))
+    cached = sorted(r.usage.prompt_tokens_details.cached_tokens for r in results)
+    assert cached[0] == 0  # the first one computed the system prompt
+    assert all(c >= 200 for c in cached[1:]), cached
+    for r in results:
+        hit = r.usage.prompt_tokens_details.cached_tokens
+        assert r.usage.model_extra["prompt_cache_hit_tokens"] == hit
+
+
 def test_streamed_usage_reports_the_cache_hit(batching_server: Server) -> None:
     system = "You answer questions about tide tables. " * 10
     _ask(batching_server, "When is high tide?", user_id="streamer", system=system, max_tokens=1)

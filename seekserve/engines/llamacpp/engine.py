@@ -36,7 +36,7 @@ from seekserve.engines.base import (
     ShuttingDown,
     StartEvent,
 )
-from seekserve.engines.llamacpp.kvcache import CellLedger, CellPath, PrefixCache
+from seekserve.engines.llamacpp.kvcache import CellLedger, CellPath, PrefixCache, common_prefix
 from seekserve.engines.llamacpp.model import LlamaModel, LlamaTokenizer
 from seekserve.engines.llamacpp.sampling import Sampler
 from seekserve.settings import LlamaCppEngineSettings
@@ -64,7 +64,8 @@ class _Sequence:
     seq_id: int = -1
     path: CellPath | None = None  # cells in the KV cache: tokens[:n_past]
     n_past: int = 0
-    cached: int = 0  # prompt tokens reused from the cache at first admission
+    cached: int = 0  # prompt tokens reused, settled when the sequence is first fed
+    announced: bool = False  # first fed, StartEvent sent
     generated: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -282,6 +283,7 @@ class LlamaCppEngine:
         params.kv_unified = True
         # Sliding-window models keep every cell, so a cached prefix stays whole.
         params.swa_full = True
+        params.flash_attn_type = 1 if s.flash_attn else 0  # LLAMA_FLASH_ATTN_TYPE_ENABLED/DISABLED
         threads = s.n_threads or os.cpu_count() or 1
         params.n_threads = threads
         params.n_threads_batch = threads
@@ -409,10 +411,6 @@ class LlamaCppEngine:
             seq.n_past = hit
             if seq.started is None:
                 seq.started = time.monotonic()
-                seq.cached = hit
-                self._counters["prompt"] += len(seq.request.prompt)
-                self._counters["hit"] += hit
-                seq.emit(StartEvent(cached_tokens=hit, queued_s=seq.started - seq.submitted))
             self._running.append(seq)
 
     def _step(self) -> None:
@@ -424,6 +422,8 @@ class LlamaCppEngine:
             decoders = [s for s in self._running if s.decoding]
         chunk_seq, chunk = self._pick_prefill(decoders)
         if chunk_seq is not None:
+            if not chunk_seq.announced and self._adopt_running_prefix(chunk_seq):
+                chunk = min(chunk, chunk_seq.remaining_prefill)
             chunk = min(chunk, self._evict_until(len(decoders) + chunk) - len(decoders))
             if chunk <= 0:
                 chunk_seq = None
@@ -445,6 +445,9 @@ class LlamaCppEngine:
                 self._put(batch, n, chunk_seq, pos, pos == len(chunk_seq.tokens) - 1)
                 n += 1
             fed.append((chunk_seq, n - chunk, chunk))
+        for seq, _, _ in fed:
+            if not seq.announced:
+                self._announce(seq)
         batch.n_tokens = n
         began = time.perf_counter()
         rc = lc.llama_decode(self._ctx, batch)
@@ -461,6 +464,40 @@ class LlamaCppEngine:
         for seq, first, count in fed:
             if seq.n_past == len(seq.tokens):
                 self._advance(seq, first + count - 1)
+
+    def _adopt_running_prefix(self, seq: _Sequence) -> bool:
+        """Before a sequence computes anything itself, share a longer prefix that a running
+        sequence of the same salt has computed: requests that arrive together with one system
+        prompt find no finished entry to reuse, but the first one's cells serve the rest."""
+        if not self._settings.prefix_cache_entries:
+            return False
+        salt = seq.request.cache_salt
+        best: _Sequence | None = None
+        best_n = seq.n_past
+        for other in self._running:
+            if other is seq or other.path is None or other.request.cache_salt != salt:
+                continue
+            n = min(common_prefix(other.path.tokens, seq.tokens), len(seq.tokens) - 1)
+            if n > best_n:
+                best, best_n = other, n
+        if best is None or best.path is None or seq.path is None:
+            return False
+        assert self._mem is not None
+        lc.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+        self._cells.drop(seq.path)
+        lc.llama_memory_seq_cp(self._mem, best.seq_id, seq.seq_id, 0, best_n)
+        seq.path = self._cells.share_prefix(best.path, best_n)
+        seq.n_past = best_n
+        return True
+
+    def _announce(self, seq: _Sequence) -> None:
+        """The sequence is fed for the first time: what it reused is now settled."""
+        seq.announced = True
+        seq.cached = seq.n_past
+        self._counters["prompt"] += len(seq.request.prompt)
+        self._counters["hit"] += seq.n_past
+        started = seq.started if seq.started is not None else seq.submitted
+        seq.emit(StartEvent(cached_tokens=seq.cached, queued_s=started - seq.submitted))
 
     @staticmethod
     def _put(batch: lc.llama_batch, n: int, seq: _Sequence, pos: int, logits: bool) -> None:
