@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
 from seekserve import __version__
+from seekserve.api.accounting import Accounting
 from seekserve.api.routes import build_router
 from seekserve.api.schemas import ChatCompletion, ChatCompletionRequest, OutputEnvelope
 from seekserve.engines.base import Engine
@@ -78,6 +79,10 @@ def create_app(
             services = Services.build(settings, built)
             app.state.services = services
         await services.tenancy.start()
+        # Built once here (Services.build also runs before the lifespan): Redis connections and
+        # the classifier's HTTP client belong to the running loop.
+        accounting = Accounting.build(settings, services.tenancy, app.state.metrics)
+        app.state.accounting = accounting
         started: list[Engine] = []
         try:
             for engine in services.engines.values():
@@ -93,7 +98,10 @@ def create_app(
                 for engine in started:
                     await engine.aclose()
             finally:
-                await services.tenancy.stop()  # drains the usage ledger
+                try:
+                    await accounting.aclose()  # settles what is still running, into the ledger
+                finally:
+                    await services.tenancy.stop()  # drains the usage ledger
 
     app = FastAPI(
         title="seekserve",

@@ -13,9 +13,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from seekserve.api import dialects
+from seekserve.api.accounting import AccountedResponse, Accounting, RequestAccount
 from seekserve.api.auth import Caller
 from seekserve.api.requests import parse_chat_request, read_body
-from seekserve.api.schemas import ErrorBody, ModelList
+from seekserve.api.schemas import ChatCompletionRequest, ErrorBody, ModelList
 from seekserve.api.sse import (
     DONE,
     PatientJSONResponse,
@@ -23,6 +24,8 @@ from seekserve.api.sse import (
     sse_event,
 )
 from seekserve.chat.service import Delta, PreparedChat, new_completion_id
+from seekserve.errors import APIError
+from seekserve.metrics import request_context
 from seekserve.registry import Deployment
 from seekserve.services import Services
 from seekserve.tenancy.auth import allow_model
@@ -33,6 +36,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "Unknown model or endpoint path."},
     413: {"model": ErrorBody, "description": "Request body over the limit."},
     500: {"model": ErrorBody, "description": "Server error."},
+}
+# What chat requests answer besides the common errors (moderation's is a 400 content_filter).
+CHAT_ERRORS: dict[int | str, dict[str, Any]] = {
+    402: {"model": ErrorBody, "description": "The key's budget cannot cover the worst case "
+          "(`insufficient_balance`)."},
+    403: {"model": ErrorBody, "description": "The key may not use this model."},
+    429: {"model": ErrorBody, "description": "Over a rate or concurrency limit; with "
+          "`Retry-After` and `x-ratelimit-*` headers."},
+    503: {"model": ErrorBody, "description": "Overloaded or shutting down; with `Retry-After`."},
 }
 CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -47,6 +59,7 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     },
     **ERROR_RESPONSES,
+    **CHAT_ERRORS,
 }
 CHAT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}}}}
@@ -108,43 +121,89 @@ def build_router() -> APIRouter:
 
 async def _serve_chat(request: Request, services: Services, deployment: Deployment,
                       caller: Caller) -> Response:
+    arrived = time.perf_counter()
     body = await read_body(request, services.settings.limits.max_body_bytes)
     req = parse_chat_request(body)
+    context = request_context(request)
+    if context is not None:
+        context.key_id, context.user_id = caller.key_id, req.user_id
     model = services.registry.resolve(req.model, deployment)
     allow_model(caller, model, req.model)
+    if context is not None:
+        context.model = model.id
+    accounting = Accounting.of(request)
+    await accounting.moderator.check_prompt(_prompt_texts(req), deployment=deployment.name,
+                                            user_id=req.user_id)
     request_id = new_completion_id()
     chat = services.chat.prepare(req, model, request_id=request_id,
                                  cache_salt=services.cache_salt(caller, req.user_id))
-    ctx = dialects.ResponseContext(
-        dialect=deployment.dialect,
-        id=request_id,
-        created=int(time.time()),
-        model=req.model,
-        system_fingerprint=services.settings.server.system_fingerprint,
-        include_usage=bool(req.stream_options and req.stream_options.include_usage),
-    )
-    services.chat.submit(chat)  # a full queue is a 503 here, before any response starts
-    interval = services.settings.server.keepalive_interval_s
-    if req.stream:
-        return SSEResponse(_sse_events(services, ctx, chat), keepalive_s=interval)
+    chat.guard = accounting.moderator.output_guard(deployment.name)
+    # From here on the request holds its limits and budget: every way out closes its account.
+    account = await accounting.admit(caller=caller, chat=chat, deployment=deployment,
+                                     route=request.url.path, arrived=arrived)
+    try:
+        ctx = dialects.ResponseContext(
+            dialect=deployment.dialect,
+            id=request_id,
+            created=int(time.time()),
+            model=req.model,
+            system_fingerprint=services.settings.server.system_fingerprint,
+            include_usage=bool(req.stream_options and req.stream_options.include_usage),
+        )
+        services.chat.submit(chat)  # a full queue is a 503 here, before any response starts
+        interval = services.settings.server.keepalive_interval_s
+        response: Response
+        if req.stream:
+            response = SSEResponse(_sse_events(services, ctx, chat, account),
+                                   keepalive_s=interval, headers=account.headers())
+        else:
+            response = PatientJSONResponse(_answer(services, ctx, chat, account), interval,
+                                           headers=account.headers())
+    except BaseException as exc:
+        account.failed(exc)
+        await account.close()
+        if isinstance(exc, APIError):
+            exc.headers = {**account.headers(), **exc.headers}
+        raise
+    return AccountedResponse(response, account)
 
-    async def answer() -> dict[str, Any]:
-        return dialects.completion_body(ctx, await services.chat.complete(chat))
 
-    return PatientJSONResponse(answer(), interval)
+def _prompt_texts(req: ChatCompletionRequest) -> list[str]:
+    """Everything of the prompt that moderation reads."""
+    texts = [req.system_instruction] if req.system_instruction else []
+    for message in req.messages:
+        texts.append(message.text())
+        if message.reasoning_content:
+            texts.append(message.reasoning_content)
+    return texts
 
 
-async def _sse_events(services: Services, ctx: dialects.ResponseContext, chat: PreparedChat
-                      ) -> AsyncGenerator[bytes, None]:
+async def _answer(services: Services, ctx: dialects.ResponseContext, chat: PreparedChat,
+                  account: RequestAccount) -> dict[str, Any]:
+    try:
+        result = await services.chat.complete(chat)
+    except Exception as exc:
+        account.failed(exc)
+        raise
+    account.finished(result.finish)
+    return dialects.completion_body(ctx, result)
+
+
+async def _sse_events(services: Services, ctx: dialects.ResponseContext, chat: PreparedChat,
+                      account: RequestAccount) -> AsyncGenerator[bytes, None]:
     first = dialects.first_chunk(ctx)
     if first is not None:
         yield sse_event(first)
-    async with aclosing(services.chat.stream(chat)) as items:
-        async for item in items:
-            if isinstance(item, Delta):
-                yield sse_event(dialects.delta_chunk(ctx, item))
-            else:
-                for chunk in dialects.finish_chunks(ctx, item):
-                    yield sse_event(chunk)
+    try:
+        async with aclosing(services.chat.stream(chat)) as items:
+            async for item in items:
+                if isinstance(item, Delta):
+                    yield sse_event(dialects.delta_chunk(ctx, item))
+                else:
+                    account.finished(item)
+                    for chunk in dialects.finish_chunks(ctx, item):
+                        yield sse_event(chunk)
+    except Exception as exc:  # the stream turns it into an in-band error event
+        account.failed(exc)
+        raise
     yield DONE
-

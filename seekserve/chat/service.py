@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from seekserve.api.schemas import ChatCompletionRequest, ChatMessage
 from seekserve.chat.stops import StopMatcher
@@ -35,17 +35,26 @@ from seekserve.errors import (
     ServerOverloadedError,
     ServiceUnavailableError,
 )
+from seekserve.moderation import OutputGuard
 from seekserve.registry import ServedModel
 from seekserve.settings import LimitSettings
 
 log = logging.getLogger(__name__)
 
-FinishReason = Literal["stop", "length", "insufficient_system_resource"]
+FinishReason = Literal["stop", "length", "insufficient_system_resource", "content_filter"]
 _ENGINE_FINISH: dict[str, FinishReason] = {
     "eos": "stop",
     "length": "length",
     "resources": "insufficient_system_resource",
 }
+
+
+class GenerationObserver(Protocol):
+    """Told what the engine reports as it happens, so a stream cut short is still accounted."""
+
+    def on_start(self, event: StartEvent) -> None: ...
+
+    def on_token(self) -> None: ...
 
 
 @dataclass
@@ -59,6 +68,9 @@ class PreparedChat:
     stops: list[str]
     # Set by ChatService.submit: the engine accepted the request into its queue.
     events: EventStream | None = None
+    # Output moderation: text is shown only once the guard releases it.
+    guard: OutputGuard | None = None
+    observer: GenerationObserver | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -248,12 +260,17 @@ class ChatService:
             raise _api_error(chat, exc) from None
 
     async def stream(self, chat: PreparedChat) -> AsyncGenerator[Delta | Finished, None]:
-        """Deltas of visible text (stop strings held back and cut), then one Finished."""
+        """Deltas of visible text (stop strings held back and cut), then one Finished.
+
+        With an output guard, a flagged output stops generation (the engine stream is closed)
+        and finishes with `content_filter`; the text before the match is the last shown."""
         self.submit(chat)
         assert chat.events is not None
         tokenizer = chat.engine.tokenizer
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         matcher = StopMatcher(chat.stops)
+        guard = chat.guard
+        observer = chat.observer
         want_logprobs = chat.generation.sampling.logprobs
         # (end offset of the token's text, its logprob entry), released with that text.
         pending: deque[tuple[int, dict[str, Any]]] = deque()
@@ -266,39 +283,53 @@ class ChatService:
                 async for event in events:
                     if isinstance(event, StartEvent):
                         cached = event.cached_tokens
+                        if observer is not None:
+                            observer.on_start(event)
                         continue
                     if isinstance(event, FinishEvent):
                         finish = event
                         break
                     generated += 1
+                    if observer is not None:
+                        observer.on_token()
                     text = decoder.decode(tokenizer.piece(event.token_id))
                     produced += len(text)
                     if want_logprobs:
                         pending.append((produced, self._logprob_entry(tokenizer, event)))
                     visible = matcher.feed(text)
+                    if guard is not None:
+                        visible = guard.feed(visible)
                     emitted += len(visible)
-                    lps = self._release(pending, emitted, partial=matcher.matched is not None)
+                    ended = matcher.matched is not None or (guard is not None and guard.flagged)
+                    lps = self._release(pending, emitted, partial=ended)
                     if visible or lps:
                         yield Delta(visible, lps if want_logprobs else None)
-                    if matcher.matched is not None:
+                    if ended:
                         break
         except EngineFailure as exc:
             raise _api_error(chat, exc) from None
-        if matcher.matched is None:
+        tail = ""
+        if matcher.matched is None and not (guard is not None and guard.flagged):
             tail = matcher.flush() + decoder.decode(b"", final=True)
-            emitted += len(tail)
-            lps = self._release(pending, emitted, partial=True)
-            if tail or lps:
-                yield Delta(tail, lps if want_logprobs else None)
+        if guard is not None:
+            tail = guard.feed(tail) + guard.finish()
+        emitted += len(tail)
+        lps = self._release(pending, emitted, partial=True)
+        if tail or lps:
+            yield Delta(tail, lps if want_logprobs else None)
         usage = Usage(prompt_tokens=chat.prompt_tokens, completion_tokens=generated,
                       cached_tokens=cached)
+        if finish is not None:
+            usage.completion_tokens = finish.completion_tokens
+            usage.cached_tokens = finish.cached_tokens
+        if guard is not None and guard.flagged:
+            yield Finished("content_filter", None, usage)
+            return
         if matcher.matched is not None:
             yield Finished("stop", matcher.matched, usage)
             return
         if finish is None:
             raise EngineError("The engine ended the sequence without a finish event.")
-        usage.completion_tokens = finish.completion_tokens
-        usage.cached_tokens = finish.cached_tokens
         yield Finished(_ENGINE_FINISH[finish.reason], None, usage)
 
     async def complete(self, chat: PreparedChat) -> CompletedChat:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +26,8 @@ from tests.ports import free_port
 MODEL = "deepseek-v4-pro"
 MAAS_MODEL = "MaaS_Deepseek_V4_pro_20260424"
 REPLY = "Hello from the fake engine."
+_DATA_ROOT = Path(tempfile.mkdtemp(prefix="seekserve-api-tests-"))
+atexit.register(shutil.rmtree, _DATA_ROOT, ignore_errors=True)
 
 # The three seed providers' shapes, as examples/seed-providers.yaml deploys them.
 SEED_DEPLOYMENTS: list[dict[str, Any]] = [
@@ -32,8 +38,10 @@ SEED_DEPLOYMENTS: list[dict[str, Any]] = [
 
 
 def build_app(engine: Engine, **overrides: Any) -> FastAPI:
-    """The real app on `engine`, configured like the seed example unless overridden."""
+    """The real app on `engine`, configured like the seed example unless overridden; its
+    store and usage journal live in a directory of its own, not the user's data dir."""
     overrides.setdefault("deployments", SEED_DEPLOYMENTS)
+    overrides.setdefault("data_dir", Path(tempfile.mkdtemp(dir=_DATA_ROOT)))
     return create_app(Settings.load(None, **overrides), {"embedded": engine})
 
 

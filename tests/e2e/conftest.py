@@ -46,12 +46,13 @@ class Server:
 
 
 def start_server(config: dict[str, object], workdir: Path, *, api_key: str = API_KEY,
-                 timeout: float = 300) -> Server:
+                 timeout: float = 300, env: dict[str, str] | None = None) -> Server:
+    """`env` is added to this process's environment (e.g. its own SEEKSERVE_DATA_DIR)."""
     port = free_port()
     config_path = workdir / "seekserve.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = workdir / "server.log"
-    env = dict(os.environ, SEEKSERVE_API_KEYS=api_key, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, SEEKSERVE_API_KEYS=api_key, PYTHONUNBUFFERED="1", **(env or {}))
     env.setdefault("SEEKSERVE_DATA_DIR", str(default_data_dir()))
     with log_path.open("wb") as log:
         process = subprocess.Popen(

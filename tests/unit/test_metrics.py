@@ -162,7 +162,9 @@ async def test_a_streamed_chat_passes_through_and_is_counted() -> None:
     assert response.text.rstrip().endswith("data: [DONE]")
     assert "x-request-id" in response.headers
     got = samples(exposition.text)
-    assert got[("seekserve_requests_total", (("model", ""), ("route", "/v1/chat/completions"),
+    # The chat route labels its requests with the served model's id.
+    assert got[("seekserve_requests_total", (("model", "deepseek-v4-pro"),
+                                             ("route", "/v1/chat/completions"),
                                              ("status", "200")))] == 1
 
 
