@@ -16,6 +16,10 @@ from tests.e2e.conftest import Server, start_server, stop_server
 MODEL = "deepseek-v4-pro"
 COUNT_PROMPT = [{"role": "user", "content": "Count from 1 to 20, separated by commas. "
                  "Reply with the numbers only."}]
+# Greedy, this prompt gets a story of hundreds of tokens (a sampled "Write a long essay." can
+# be a one-line question back, which ends before any disconnect).
+LONG_STORY = [{"role": "user", "content": "Write a very long story about a lighthouse keeper "
+               "and the sea, in many chapters."}]
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 
 
@@ -237,8 +241,8 @@ def _running(server: Server) -> int:
 
 
 def test_disconnect_frees_the_sequence(server: Server) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long essay."}],
-            "max_tokens": 2000, "stream": True}
+    body = {"model": MODEL, "messages": LONG_STORY, "max_tokens": 2000, "temperature": 0,
+            "stream": True}
     with server.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as resp:
         lines = resp.iter_lines()
         data = [line for line in (next(lines) for _ in range(8)) if line.startswith("data:")]
@@ -251,8 +255,7 @@ def test_disconnect_frees_the_sequence(server: Server) -> None:
 
 
 def test_disconnect_of_a_non_streamed_request_frees_the_sequence(server: Server) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long essay."}],
-            "max_tokens": 2000}
+    body = {"model": MODEL, "messages": LONG_STORY, "max_tokens": 2000, "temperature": 0}
     with server.http() as http, pytest.raises(httpx.ReadTimeout):
         http.post("/v1/chat/completions", json=body, timeout=1.5)
     deadline = time.monotonic() + 2.0
