@@ -8,16 +8,20 @@ that time. Unknown keys are never cached: a key created a moment ago works at on
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
 from seekserve.api.auth import Caller, StaticKeyAuth
-from seekserve.errors import AuthenticationError, PermissionDeniedError
+from seekserve.errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
 from seekserve.registry import ServedModel
 from seekserve.tenancy.keys import KEY_PREFIX, ApiKey, KeyStore
+
+log = logging.getLogger(__name__)
 
 ANONYMOUS = Caller(key_digest=b"")
 _MANAGED_KEY_LENGTH = len(KEY_PREFIX) + 43  # secrets.token_urlsafe(32)
@@ -82,7 +86,15 @@ class TenantAuth:
         cached = self._cache.get(digest)
         if cached is not None and now - cached[1] < self._cache_s:
             return cached[0]
-        key = await self._keys.by_digest(digest)
+        try:
+            key = await self._keys.by_digest(digest)
+        except (OSError, SQLAlchemyError) as exc:
+            # Serving a stale entry would break the promise that a revoked key is refused
+            # within seconds; the caller is told to retry instead of seeing a 500.
+            log.warning("API key lookup failed, the key store is unreachable: %s", exc)
+            raise ServiceUnavailableError(
+                "The key store is unreachable, so the API key cannot be checked; please retry.",
+                code="key_store_unavailable", headers={"Retry-After": "5"}) from None
         if key is None:
             self._cache.pop(digest, None)
             return None

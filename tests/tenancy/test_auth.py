@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL
 from starlette.requests import Request
 
 from seekserve.api.auth import StaticKeyAuth
-from seekserve.errors import AuthenticationError
+from seekserve.errors import AuthenticationError, ServiceUnavailableError
 from seekserve.settings import Settings, SettingsError
 from seekserve.tenancy.auth import TenantAuth
 from seekserve.tenancy.keys import KeyLimits, KeyStore
@@ -216,3 +216,23 @@ def test_the_key_cache_cannot_outlive_the_revocation_promise(tmp_path: Path) -> 
     assert Settings.load(None, data_dir=tmp_path).store.key_cache_s <= 5
     with pytest.raises(SettingsError, match="key_cache_s"):
         Settings.load(None, data_dir=tmp_path, store={"key_cache_s": 6})
+
+
+async def test_an_unreachable_key_store_is_a_503_not_a_500(store: Store) -> None:
+    """Past its cache window a replica cannot vouch for a key while the store is down: it says
+    so (503 with Retry-After) instead of failing with a 500 or serving a stale key."""
+    now = [1000.0]
+    keys = KeyStore(store)
+    created = await keys.create("outage")
+
+    class DownKeyStore(KeyStore):
+        async def by_digest(self, digest: str) -> Any:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    auth = TenantAuth(StaticKeyAuth([]), DownKeyStore(store), require_key=True, cache_s=2.0,
+                      clock=lambda: now[0])
+    with pytest.raises(ServiceUnavailableError) as info:
+        await auth.authenticate(request_with(created.plaintext))
+    assert info.value.status_code == 503
+    assert info.value.code == "key_store_unavailable"
+    assert info.value.headers["Retry-After"] == "5"

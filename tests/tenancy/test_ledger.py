@@ -4,7 +4,6 @@ kept through a database outage, replayed after a SIGKILL, drained on shutdown.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -24,6 +23,7 @@ from seekserve.tenancy.store import Store, default_url
 from tests.api.conftest import asgi_client, build_app
 from tests.fakes import FakeEngine
 from tests.ports import free_port
+from tests.tcp_proxy import TcpProxy
 from tests.tenancy.conftest import PG_HOST, PG_PORT, pg_url, store_settings
 from tests.tenancy.test_auth import ADMIN, bearer
 
@@ -72,42 +72,10 @@ async def test_rows_reach_the_store_exactly_once(store: Store, tmp_path: Path) -
     assert journals(tmp_path / "journal") == []
 
 
-class TcpProxy:
-    """A TCP forwarder to PostgreSQL that can be cut, to stage a database outage."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(PG_HOST, PG_PORT)
-        self._writers |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError, OSError):
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
 @pytest.fixture
 async def proxied_store(pg_database: str) -> AsyncIterator[tuple[Store, TcpProxy, Store]]:
     """A store reached through a proxy that the test can cut, and a direct one to check."""
-    proxy = TcpProxy(free_port())
+    proxy = TcpProxy(free_port(), (PG_HOST, PG_PORT))
     await proxy.start()
     through = Store(pg_url(pg_database, port=proxy.port))
     direct = Store(pg_url(pg_database))
