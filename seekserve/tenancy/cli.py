@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
@@ -41,6 +42,8 @@ def add_tenancy_commands(sub: Any, add_config: AddConfig, load_settings: LoadSet
                         help="concurrent requests per user_id")
     create.add_argument("--budget-tokens", type=_non_negative, help="tokens it may use in all")
     create.add_argument("--budget-usd", type=_usd, help="USD it may spend in all")
+    create.add_argument("--budget", type=_budget, help="a budget in tokens (100000) or in "
+                        "dollars ($5 or 5usd): the short form of --budget-tokens/--budget-usd")
     create.add_argument("--expires", type=_expiry, help="30d, 12h, or an ISO date/datetime")
     create.add_argument("--models", type=_names, help="comma-separated model ids or aliases")
     command(create, _keys_create)
@@ -87,6 +90,12 @@ async def _keys_create(store: Store, args: argparse.Namespace) -> int:
         models=frozenset(args.models) if args.models else None,
         budget_tokens=args.budget_tokens, budget_usd=args.budget_usd,
     )
+    if args.budget is not None:
+        amount = args.budget
+        if isinstance(amount, Decimal):
+            limits = dataclasses.replace(limits, budget_usd=amount)
+        else:
+            limits = dataclasses.replace(limits, budget_tokens=amount)
     created = await KeyStore(store).create(args.name, limits, args.expires)
     print(f"created {created.key.id} ({created.key.name}); the key, shown only this once:")
     print(created.plaintext)
@@ -160,6 +169,17 @@ def _usd(text: str) -> Decimal:
     if not value.is_finite() or value < 0:
         raise argparse.ArgumentTypeError("must be a non-negative amount")
     return value
+
+
+def _budget(text: str) -> int | Decimal:
+    """`100000` is tokens; `$5`, `5usd` or `5 USD` is dollars."""
+    cleaned = text.strip().lower().replace(" ", "")
+    if cleaned.startswith("$") or cleaned.endswith("usd"):
+        return _usd(cleaned.removeprefix("$").removesuffix("usd"))
+    if not cleaned.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a token count (100000) nor dollars ($5 or 5usd)")
+    return int(cleaned)
 
 
 def _expiry(text: str) -> datetime:

@@ -289,3 +289,23 @@ async def test_the_cli_reports_usage_and_manages_keys(
     assert "  revoked  cli" in capsys.readouterr().out
     assert await asyncio.to_thread(main, ["keys", "revoke", "' OR 1=1 --"]) == 1
     assert "no key has the id or prefix" in capsys.readouterr().err
+
+
+async def test_the_cli_budget_short_form_takes_tokens_or_dollars(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from seekserve.cli import main
+
+    monkeypatch.setenv("SEEKSERVE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("SEEKSERVE_STORE__URL", raising=False)
+    for name, budget in (("tok", "100000"), ("usd", "$2.5"), ("usd2", "3 USD")):
+        assert await asyncio.to_thread(
+            main, ["keys", "create", "--name", name, "--budget", budget]) == 0
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["keys", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "tok  budget_tokens=100000" in listed
+    assert "usd  budget_usd=2.5" in listed
+    assert "usd2  budget_usd=3" in listed
+    with pytest.raises(SystemExit):
+        main(["keys", "create", "--name", "bad", "--budget", "five dollars"])
