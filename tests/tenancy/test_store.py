@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
+from sqlalchemy.engine import URL
 
 from seekserve.settings import Settings
 from seekserve.tenancy.store import Store, default_url, store_url
@@ -61,8 +62,8 @@ async def test_sqlite_store_is_wal_and_migrates_idempotently(tmp_path: Path) -> 
         await store.aclose()
 
 
-async def test_replicas_migrating_one_sqlite_file_at_once(tmp_path: Path) -> None:
-    stores = [Store(default_url(tmp_path)) for _ in range(4)]
+async def _four_replicas_migrate(url: URL) -> None:
+    stores = [Store(url) for _ in range(4)]
     try:
         await asyncio.gather(*(s.migrate() for s in stores))
         assert await _tables(stores[0]) == TABLES
@@ -70,14 +71,11 @@ async def test_replicas_migrating_one_sqlite_file_at_once(tmp_path: Path) -> Non
     finally:
         for s in stores:
             await s.aclose()
+
+
+async def test_replicas_migrating_one_sqlite_file_at_once(tmp_path: Path) -> None:
+    await _four_replicas_migrate(default_url(tmp_path))
 
 
 async def test_replicas_migrating_one_postgres_database_at_once(pg_database: str) -> None:
-    stores = [Store(pg_url(pg_database)) for _ in range(4)]
-    try:
-        await asyncio.gather(*(s.migrate() for s in stores))
-        assert await _tables(stores[0]) == TABLES
-        assert await _version(stores[0]) == ["0001_tenancy"]
-    finally:
-        for s in stores:
-            await s.aclose()
+    await _four_replicas_migrate(pg_url(pg_database))
