@@ -19,10 +19,17 @@ from starlette.requests import Request
 
 from seekserve import __version__
 from seekserve.api.accounting import Accounting
+from seekserve.api.completions import (
+    CompletionRequest,
+    TextCompletion,
+    build_completions_router,
+)
 from seekserve.api.routes import build_router
 from seekserve.api.schemas import ChatCompletion, ChatCompletionRequest, OutputEnvelope
 from seekserve.engines.base import Engine
+from seekserve.engines.remote.passthrough import RemoteEngine
 from seekserve.errors import APIError, InvalidRequestError, NotFoundError, internal_error
+from seekserve.files.routes import build_files_router
 from seekserve.metrics import AccessLogMiddleware, Metrics, metrics_router
 from seekserve.services import Services
 from seekserve.settings import LlamaCppEngineSettings, Settings, SettingsError
@@ -47,7 +54,8 @@ def build_engines(settings: Settings) -> dict[str, Engine]:
 
     engines: dict[str, Engine] = {}
     for name, spec in settings.engines.items():
-        engines[name] = LlamaCppEngine(spec, resolve_model_path(spec, settings.data_dir))
+        if isinstance(spec, LlamaCppEngineSettings):  # remote engines are Services.remotes
+            engines[name] = LlamaCppEngine(spec, resolve_model_path(spec, settings.data_dir))
     return engines
 
 
@@ -83,9 +91,11 @@ def create_app(
         # the classifier's HTTP client belong to the running loop.
         accounting = Accounting.build(settings, services.tenancy, app.state.metrics)
         app.state.accounting = accounting
-        started: list[Engine] = []
+        started: list[Engine | RemoteEngine] = []
+        to_start: list[Engine | RemoteEngine] = [*services.engines.values(),
+                                                 *services.remotes.values()]
         try:
-            for engine in services.engines.values():
+            for engine in to_start:
                 await engine.start()
                 started.append(engine)
             services.started = True
@@ -111,10 +121,12 @@ def create_app(
     )
     app.state.services = Services.build(settings, engines or {})
     # Read through app.state at scrape time: the lifespan replaces services once engines exist.
-    app.state.metrics = Metrics(lambda: app.state.services.engines)
+    app.state.metrics = Metrics(lambda: app.state.services.engine_states())
     app.add_middleware(AccessLogMiddleware, metrics=app.state.metrics)
     app.include_router(build_router())
+    app.include_router(build_completions_router())
     app.include_router(build_tenancy_router())
+    app.include_router(build_files_router())
     app.include_router(build_admin_router())
     app.include_router(metrics_router())
     _install_error_handlers(app)
@@ -167,7 +179,8 @@ def _install_openapi(app: FastAPI) -> None:
                              description=app.description, routes=app.routes)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         model: type[BaseModel]
-        for model in (ChatCompletionRequest, ChatCompletion, OutputEnvelope):
+        for model in (ChatCompletionRequest, ChatCompletion, OutputEnvelope, CompletionRequest,
+                      TextCompletion):
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(js.pop("$defs", {}))
             components[model.__name__] = js

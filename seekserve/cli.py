@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from seekserve.settings import Settings, SettingsError
+from seekserve.settings import LlamaCppEngineSettings, Settings, SettingsError
 
 
 def _load_settings(args: argparse.Namespace) -> Settings:
@@ -74,7 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"seekserve: warning: {warning}", file=sys.stderr)
     # Assemble the default model up front, so its progress bar shows before the server starts.
     for spec in settings.engines.values():
-        resolve_model_path(spec, settings.data_dir)
+        if isinstance(spec, LlamaCppEngineSettings):
+            resolve_model_path(spec, settings.data_dir)
     app = create_app(settings, on_ready=lambda: print(_banner(settings), flush=True))
     grace = settings.server.shutdown_grace_s
     config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port,
@@ -89,7 +90,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     settings = _load_settings(args)
     for model in settings.models:
         spec = settings.engines[model.engine]
-        source = str(spec.model_path) if spec.model_path else "default (Qwen2.5-Coder-0.5B)"
+        if isinstance(spec, LlamaCppEngineSettings):
+            source = str(spec.model_path) if spec.model_path else "default (Qwen2.5-Coder-0.5B)"
+        else:
+            source = f"{spec.upstream}, {len(spec.replicas)} replicas"
         aliases = f" (aliases: {', '.join(model.aliases)})" if model.aliases else ""
         print(f"{model.id}{aliases}  engine={model.engine} [{spec.kind}: {source}]")
     return 0
@@ -100,8 +104,8 @@ def cmd_model_pull(args: argparse.Namespace) -> int:
 
     settings = _load_settings(args)
     for name, spec in settings.engines.items():
-        path = resolve_model_path(spec, settings.data_dir)
-        print(f"{name}: {path}")
+        if isinstance(spec, LlamaCppEngineSettings):  # a remote engine has no model file here
+            print(f"{name}: {resolve_model_path(spec, settings.data_dir)}")
     return 0
 
 

@@ -66,6 +66,12 @@ class ModelNotFoundError(NotFoundError):
     code = "model_not_found"
 
 
+class NoSuchFileError(NotFoundError):
+    """An uploaded file that does not exist or belongs to another key (the two look alike)."""
+
+    code = "file_not_found"
+
+
 class EngineError(APIError):
     """The engine failed while serving a request; the message never carries internals."""
 
@@ -118,6 +124,29 @@ class InsufficientBalanceError(APIError):
     status_code = 402
     error_type = "invalid_request_error"
     code = "insufficient_balance"
+
+
+class UpstreamError(APIError):
+    """A remote engine's upstream failed (connection, 5xx, an answer we cannot read, or our
+    own credentials refused there); the message never carries the upstream's credentials."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "upstream_error"
+
+
+class UpstreamTimeoutError(APIError):
+    """A remote engine's upstream did not answer in time."""
+
+    status_code = 504
+    error_type = "server_error"
+    code = "upstream_timeout"
+
+
+class UpstreamUnavailableError(ServiceUnavailableError):
+    """No replica of a remote engine can take the request (all unhealthy, ejected or full)."""
+
+    code = "upstream_unavailable"
 
 
 def internal_error() -> APIError:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from seekserve.engines.base import Engine
+from seekserve.engines.base import EngineState
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("seekserve.access")
@@ -55,10 +55,16 @@ _ENGINE_GAUGES: dict[str, tuple[str, str]] = {
 }
 
 
+class ReportsState(Protocol):
+    """Anything with an engine state: token engines and remote engines alike."""
+
+    def state(self) -> EngineState: ...
+
+
 class EngineStateCollector(Collector):
     """Gauges read from every engine's state() at scrape time, labelled by engine name."""
 
-    def __init__(self, engines: Callable[[], Mapping[str, Engine]]) -> None:
+    def __init__(self, engines: Callable[[], Mapping[str, ReportsState]]) -> None:
         self._engines = engines
 
     def describe(self) -> Iterable[Metric]:
@@ -116,7 +122,7 @@ class _CacheHitRatioCollector(Collector):
 class Metrics:
     """The app's metrics; the request path reports through these methods."""
 
-    def __init__(self, engines: Callable[[], Mapping[str, Engine]] | None = None) -> None:
+    def __init__(self, engines: Callable[[], Mapping[str, ReportsState]] | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("seekserve_requests", "HTTP requests by route, model and status.",

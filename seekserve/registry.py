@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from seekserve.errors import ModelNotFoundError, NotFoundError
-from seekserve.settings import Dialect, Settings
+from seekserve.settings import Dialect, Settings, ThinkingSettings
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,7 @@ class ServedModel:
     aliases: tuple[str, ...]
     engine_name: str
     owned_by: str
+    thinking: ThinkingSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,8 @@ class ModelRegistry:
 
     def __init__(self, settings: Settings) -> None:
         self._models = [
-            ServedModel(m.id, tuple(m.aliases), m.engine, m.owned_by) for m in settings.models
+            ServedModel(m.id, tuple(m.aliases), m.engine, m.owned_by, m.thinking)
+            for m in settings.models
         ]
         self._by_name = {name: m for m in self._models for name in (m.id, *m.aliases)}
 

@@ -16,7 +16,10 @@ from starlette.requests import Request
 from seekserve.api.auth import Caller
 from seekserve.chat.service import ChatService
 from seekserve.engines.base import Engine
-from seekserve.registry import DeploymentRouter, ModelRegistry
+from seekserve.engines.remote.passthrough import RemoteEngine, build_remote_engines
+from seekserve.files.service import Files
+from seekserve.metrics import ReportsState
+from seekserve.registry import DeploymentRouter, ModelRegistry, ServedModel
 from seekserve.settings import Settings
 from seekserve.tenancy.auth import TenantAuth
 from seekserve.tenancy.service import Tenancy
@@ -31,6 +34,9 @@ class Services:
     chat: ChatService
     auth: TenantAuth
     tenancy: Tenancy
+    files: Files
+    # Engines of `kind: remote`, by name: chat pass-through, not token engines.
+    remotes: Mapping[str, RemoteEngine] = field(default_factory=dict)
     started: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
     cache_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
@@ -47,6 +53,8 @@ class Services:
             chat=ChatService(engines, settings.limits),
             auth=tenancy.auth,
             tenancy=tenancy,
+            remotes=build_remote_engines(settings.engines),
+            files=Files(tenancy.store, settings.files, settings.limits),
             cache_secret=(settings.server.cache_secret.get_secret_value().encode()
                           if settings.server.cache_secret else secrets.token_bytes(32)),
         )
@@ -58,7 +66,16 @@ class Services:
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new work; give running requests `grace_s` to finish, then end them."""
-        await asyncio.gather(*(engine.drain(grace_s) for engine in self.engines.values()))
+        await asyncio.gather(*(engine.drain(grace_s) for engine in self.engines.values()),
+                             *(remote.drain(grace_s) for remote in self.remotes.values()))
+
+    def remote_for(self, model: ServedModel) -> RemoteEngine | None:
+        """The remote engine that serves `model`, or None when a token engine does."""
+        return self.remotes.get(model.engine_name)
+
+    def engine_states(self) -> dict[str, ReportsState]:
+        """Every engine, token or remote, by name: what /ready and the gauges read."""
+        return {**self.engines, **self.remotes}
 
     @staticmethod
     def of(request: Request) -> Services:

@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 from pydantic import model_validator as _model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -73,6 +82,8 @@ class LimitSettings(_Section):
     max_content_parts: int = Field(256, ge=1, description="Most content parts in one message.")
     max_stop_chars: int = Field(256, ge=1, description="Longest single stop string.")
     max_tools: int = Field(128, ge=0, description="Most tools in one request.")
+    grammar_cache_entries: int = Field(
+        256, ge=1, description="Compiled grammars (JSON schemas, tool sets) kept per engine.")
     max_model_chars: int = Field(256, ge=1, description="Longest model id.")
 
 
@@ -137,6 +148,113 @@ class LlamaCppEngineSettings(_Section):
         return self
 
 
+UpstreamKind = Literal["openai", "vllm", "sglang", "llamacpp", "seekserve", "deepseek", "maas",
+                       "output_text"]
+
+
+class ReplicaSettings(_Section):
+    """One upstream server of a remote engine."""
+
+    base_url: str = Field(
+        ..., pattern=r"^https?://[^\s/]+(/[^\s]*)?$", description="The server's root URL, "
+        "e.g. http://10.0.0.5:8000 or https://api.deepseek.com (paths are added per upstream "
+        "kind; a path prefix here is kept).")
+    api_key_env: str | None = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Name of the environment "
+        "variable that holds this replica's API key (sent as a Bearer token); the key itself "
+        "never goes in the config. Unset sends no Authorization header.")
+    model: str = Field(..., min_length=1, max_length=256,
+                       description="The model name the upstream serves (sent as `model`).")
+    endpoint_path: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9._\-]+$", description="Upstream kind `maas` only: the "
+        "{endpointPath} of /v1/ai/{endpointPath}/chat/completions.")
+
+
+class RemoteEngineSettings(_Section):
+    """An OpenAI-compatible server or hosted provider that runs the chat itself; seekserve
+    translates the request and the answer, routes among replicas and keeps tenancy."""
+
+    kind: Literal["remote"] = "remote"
+    upstream: UpstreamKind = Field(
+        ..., description="What the replicas speak: `openai`, `vllm`, `sglang`, `llamacpp` "
+        "(llama.cpp's server or llama-cpp-python's), `seekserve`, `deepseek` (the DeepSeek "
+        "API), `maas` (/v1/ai/{endpointPath}/chat/completions) or `output_text` (the "
+        "{\"output\": {\"text\"}} envelope).")
+    replicas: list[ReplicaSettings] = Field(
+        ..., min_length=1, max_length=256, description="Servers that serve the same model.")
+    default_thinking: bool | None = Field(
+        None, description="Thinking mode for a request that does not choose: true or false is "
+        "sent explicitly, null leaves it to the upstream's own default.")
+    connect_timeout_s: float = Field(5.0, gt=0, le=120,
+                                     description="Most seconds to open a connection.")
+    read_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="Most seconds between two reads of an answer (the "
+        "first byte included, so it bounds the upstream's queue and prefill time).")
+    total_timeout_s: float = Field(
+        900.0, gt=0, le=86400, description="Most seconds one upstream request may take in all.")
+    retries: int = Field(
+        2, ge=0, le=10, description="Further attempts (on the next replica in routing order) "
+        "after a connect error, a timeout before any answer, a 5xx or a 429; never once the "
+        "upstream has started answering.")
+    backoff_base_s: float = Field(0.1, ge=0, le=30,
+                                  description="Wait before the first retry; doubles each time.")
+    backoff_max_s: float = Field(2.0, ge=0, le=60, description="Longest wait between retries "
+                                 "(each wait is jittered: a random 50-100% of it).")
+    health_interval_s: float = Field(
+        5.0, ge=0, le=3600, description="Seconds between active health checks of each replica "
+        "(0 turns them off; the circuit breaker still ejects failing replicas).")
+    health_path: str | None = Field(
+        None, pattern=r"^/[^\s]*$", description="GET this path for a health check; 2xx is "
+        "healthy. Default per upstream kind: /health (vllm, sglang, llamacpp with /v1/models "
+        "tried after a 404), /ready (seekserve), /v1/models (openai, maas, output_text), "
+        "/models (deepseek).")
+    health_timeout_s: float = Field(2.0, gt=0, le=60,
+                                    description="Most seconds one health check may take.")
+    breaker_failures: int = Field(
+        3, ge=1, le=1000, description="Consecutive failures (connect errors, timeouts, 5xx) "
+        "that eject a replica.")
+    breaker_cooldown_s: float = Field(
+        10.0, gt=0, le=3600, description="How long an ejected replica is left alone before "
+        "one trial request may test it (half-open).")
+    max_in_flight: int = Field(
+        64, ge=1, le=100_000, description="Most requests one gateway process sends one replica "
+        "at once; a user whose replica is full goes to the next one (and every replica full is "
+        "a 503). Also the size of the replica's connection pool.")
+    keepalive_expiry_s: float = Field(30.0, ge=0, le=3600,
+                                      description="Idle pooled connections close after this.")
+    default_max_tokens: int = Field(
+        8192, ge=1, description="What admission reserves (rate limits, budget) for a request "
+        "that sets no max_tokens; nothing is sent upstream for it, and settlement uses the "
+        "upstream's real usage.")
+
+    @_model_validator(mode="after")
+    def _consistent(self) -> RemoteEngineSettings:
+        for i, replica in enumerate(self.replicas):
+            if (self.upstream == "maas") != (replica.endpoint_path is not None):
+                raise ValueError(f"replicas[{i}].endpoint_path is required for upstream `maas` "
+                                 "and allowed for no other kind")
+        if len({r.base_url.rstrip("/") for r in self.replicas}) != len(self.replicas):
+            raise ValueError("two replicas have the same base_url")
+        if self.backoff_max_s < self.backoff_base_s:
+            raise ValueError("backoff_max_s cannot be less than backoff_base_s")
+        return self
+
+
+def _engine_kind(value: Any) -> str:
+    # `kind` may be left out of an embedded engine's section: configs written before remote
+    # engines existed stay valid.
+    if isinstance(value, dict):
+        return str(value.get("kind", "llamacpp"))
+    return str(getattr(value, "kind", "llamacpp"))
+
+
+EngineSettings = Annotated[
+    Annotated[LlamaCppEngineSettings, Tag("llamacpp")]
+    | Annotated[RemoteEngineSettings, Tag("remote")],
+    Discriminator(_engine_kind),
+]
+
+
 class ModelPricing(_Section):
     """What one model's tokens cost, per million, as DeepSeek prices them (cache hits apart)."""
 
@@ -148,6 +266,29 @@ class ModelPricing(_Section):
     currency: Literal["USD"] = Field("USD", description="Budgets are kept in USD.")
 
 
+class ThinkingBudgets(_Section):
+    """Most reasoning tokens per effort before the thinking block is forced closed."""
+
+    low: int = Field(48, ge=1, le=65536, description="Effort low (and minimal).")
+    high: int = Field(160, ge=1, le=65536, description="Effort high (the default; also "
+                      "medium and xhigh).")
+    max: int = Field(384, ge=1, le=65536, description="Effort max.")
+
+
+class ThinkingSettings(_Section):
+    """Thinking mode of one model (DeepSeek-V4 semantics)."""
+
+    default: Literal["enabled", "disabled"] = Field(
+        "enabled", description="Whether a request without `thinking.type` thinks (V4 models do).")
+    default_effort: Literal["low", "high", "max"] = Field(
+        "high", description="Effort of a request that names none.")
+    budgets: ThinkingBudgets = Field(default_factory=ThinkingBudgets)
+    temperature: float = Field(
+        0.6, ge=0, le=2, description="Sampling temperature in thinking mode (the request's "
+        "temperature, top_p and penalties have no effect there, as DeepSeek documents).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus mass in thinking mode.")
+
+
 class ModelSettings(_Section):
     id: str = Field(..., min_length=1, description="The model id clients send.")
     aliases: list[str] = Field(default_factory=list, description="Other ids for the same model.")
@@ -155,6 +296,9 @@ class ModelSettings(_Section):
     owned_by: str = "seekserve"
     pricing: ModelPricing | None = Field(
         None, description="Token prices, charged to money budgets; unset means free.")
+    thinking: ThinkingSettings | None = Field(
+        default_factory=ThinkingSettings, description="Thinking mode; null for a model that "
+        "never thinks (a request asking for it is then a 400).")
 
 
 class DeploymentSettings(_Section):
@@ -181,7 +325,7 @@ def _default_models() -> list[ModelSettings]:
     return [ModelSettings(id=DEFAULT_MODEL_ID, aliases=list(DEFAULT_MODEL_ALIASES))]
 
 
-def _default_engines() -> dict[str, LlamaCppEngineSettings]:
+def _default_engines() -> dict[str, EngineSettings]:
     return {"embedded": LlamaCppEngineSettings()}
 
 
@@ -281,6 +425,23 @@ class StoreSettings(_Section):
         0.5, gt=0, le=60, description="How often journaled usage rows are written to the store.")
 
 
+class FileSettings(_Section):
+    """The Files API (`/v1/files`): uploads kept in the store, their text put into chats."""
+
+    max_upload_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, description="Largest file one upload may carry; a larger one is "
+        "refused with 413 (from Content-Length when sent, else while it streams in).")
+    max_extracted_chars: int = Field(
+        1_000_000, ge=1, description="Most characters of text one file may hold (a PDF's "
+        "extracted text, a text file's content); a file with more is refused at upload.")
+    max_request_chars: int = Field(
+        2_000_000, ge=1, description="Most characters of file text one chat request may put "
+        "into its prompt, all its file parts together (each message is also held to "
+        "limits.max_message_chars).")
+    max_files_per_owner: int | None = Field(
+        None, ge=1, description="Most files one API key may keep; unset means no limit.")
+
+
 class Settings(BaseSettings):
     """Everything the server is configured with; `Settings.load` reads file + environment."""
 
@@ -294,7 +455,9 @@ class Settings(BaseSettings):
     )
     server: ServerSettings = Field(default_factory=ServerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
-    engines: dict[str, LlamaCppEngineSettings] = Field(default_factory=_default_engines)
+    engines: dict[str, EngineSettings] = Field(
+        default_factory=_default_engines, description="Named engines: `kind: llamacpp` (the "
+        "default, embedded) or `kind: remote` (an upstream server or provider).")
     models: list[ModelSettings] = Field(default_factory=_default_models)
     deployments: list[DeploymentSettings] = Field(default_factory=_default_deployments)
     store: StoreSettings = Field(default_factory=StoreSettings)
@@ -303,6 +466,7 @@ class Settings(BaseSettings):
         "admin API answers 404.")
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
+    files: FileSettings = Field(default_factory=FileSettings)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -404,6 +568,10 @@ def format_validation_error(exc: ValidationError, source: Path | None) -> str:
     where = f" in {source}" if source else ""
     lines = [f"invalid settings{where}:"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts = list(err["loc"])
+        # An engine's kind tag is not part of the path the user wrote.
+        if len(parts) > 2 and parts[0] == "engines" and parts[2] in ("llamacpp", "remote"):
+            del parts[2]
+        loc = ".".join(str(p) for p in parts) or "(top level)"
         lines.append(f"  {loc}: {err['msg']}")
     return "\n".join(lines)

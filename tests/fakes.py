@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
+from typing import ClassVar
+
+import llguidance
+from llguidance._tokenizer import TokenizerWrapper
 
 from seekserve.engines.base import (
     EngineState,
@@ -21,6 +25,7 @@ class ByteTokenizer:
     bos_text = "<s>"
     eos_text = "</s>"
     add_bos = True
+    _grammar_vocabulary: llguidance.LLTokenizer | None = None
 
     def encode(self, text: str, *, add_special: bool = False, parse_special: bool = True
                ) -> list[int]:
@@ -34,6 +39,30 @@ class ByteTokenizer:
 
     def is_end_of_generation(self, token_id: int) -> bool:
         return token_id == 1
+
+    def end_tokens(self) -> list[int]:
+        return [1]
+
+    def grammar_vocabulary(self) -> llguidance.LLTokenizer:
+        """The byte vocabulary for llguidance (grammars compile and validate; the fake engine
+        itself never consults a constraint)."""
+        if self._grammar_vocabulary is None:
+            self._grammar_vocabulary = llguidance.LLTokenizer(TokenizerWrapper(_ByteVocabulary()))
+        return self._grammar_vocabulary
+
+
+class _ByteVocabulary:
+    """ByteTokenizer as llguidance's TokenizerWrapper reads a tokenizer."""
+
+    eos_token_id = 1
+    bos_token_id = 0
+    tokens: ClassVar[list[bytes]] = [b"\xff<s>", b"\xff</s>", b"\xff<unused>",
+                                     *(bytes([b]) for b in range(256))]
+    special_token_ids: ClassVar[list[int]] = [0, 1, 2]
+
+    def __call__(self, text: str | bytes) -> list[int]:
+        data = text.encode() if isinstance(text, str) else text
+        return [b + SPECIALS for b in data]
 
 
 class FakeEngine:

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from seekserve.api.auth import Caller
-from seekserve.chat.service import Finished, FinishReason, PreparedChat
+from seekserve.chat.service import Accountable, Finished, FinishReason
 from seekserve.engines.base import StartEvent
 from seekserve.errors import APIError
 from seekserve.metrics import Metrics
@@ -42,6 +42,7 @@ _STATUS_OF_FINISH: dict[FinishReason, UsageStatus] = {
     "length": "length",
     "content_filter": "filtered",
     "insufficient_system_resource": "insufficient_resource",
+    "tool_calls": "completed",
 }
 
 
@@ -91,20 +92,20 @@ class Accounting:
         accounting: Accounting = request.app.state.accounting
         return accounting
 
-    async def admit(self, *, caller: Caller, chat: PreparedChat, deployment: Deployment,
+    async def admit(self, *, caller: Caller, chat: Accountable, deployment: Deployment,
                     route: str, arrived: float) -> RequestAccount:
         """Hold the rate limits (prompt + max_tokens), then the budget's worst case.
 
         Raises RateLimitedError (429) or InsufficientBalanceError (402); a refusal by the
         budget gives the limits back and carries their x-ratelimit-* headers."""
-        user_id = chat.request.user_id
-        reserve = chat.prompt_tokens + chat.generation.max_tokens
+        user_id = chat.user_id
+        reserve = chat.prompt_tokens + chat.max_tokens
         admission = await self.limiter.admit(limiter_key(caller), user_id,
                                              rate_limits(caller, self.ratelimit), reserve)
         try:
             reservation = await self.budget.reserve(
-                caller, request_id=chat.generation.request_id, model_id=chat.model.id,
-                prompt_tokens=chat.prompt_tokens, max_tokens=chat.generation.max_tokens)
+                caller, request_id=chat.request_id, model_id=chat.model_id,
+                prompt_tokens=chat.prompt_tokens, max_tokens=chat.max_tokens)
         except BaseException as exc:
             await asyncio.shield(_give_back(admission))
             if isinstance(exc, APIError):
@@ -150,7 +151,7 @@ async def _give_back(admission: Admission) -> None:
 class RequestAccount:
     """One admitted request: what it holds, what it used, how it ended; settled once."""
 
-    def __init__(self, accounting: Accounting, *, caller: Caller, chat: PreparedChat,
+    def __init__(self, accounting: Accounting, *, caller: Caller, chat: Accountable,
                  deployment: Deployment, route: str, arrived: float, admission: Admission,
                  reservation: Reservation | None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
@@ -163,7 +164,7 @@ class RequestAccount:
         self._clock = clock
         self.admission = admission
         self.reservation = reservation
-        self.request_id = chat.generation.request_id
+        self.request_id = chat.request_id
         self.status: UsageStatus | None = None  # set by how it ended; None means cancelled
         self.finish: Finished | None = None
         self.queued_s: float | None = None
@@ -231,7 +232,7 @@ class RequestAccount:
                                           self.scheduled_cached_tokens)
         else:  # never scheduled: nothing was computed, nothing is charged
             prompt = completion = cached = 0
-        model = chat.model.id
+        model = chat.model_id
         try:
             try:
                 await self.admission.settle(prompt + completion)
@@ -256,17 +257,17 @@ class RequestAccount:
             metrics.observe_itl(model, gap)
         if status == "filtered" and chat.guard is not None:
             accounting.moderator.output_flagged(chat.guard, deployment=self._deployment.name,
-                                                user_id=chat.request.user_id)
+                                                user_id=chat.user_id)
         self.record = UsageRecord(
             request_id=self.request_id,
             key_id=self._caller.key_id,
-            user_id=chat.request.user_id,
+            user_id=chat.user_id,
             model=model,
             deployment=self._deployment.name,
             route=self._route,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            reasoning_tokens=0,
+            reasoning_tokens=self.finish.usage.reasoning_tokens if self.finish else 0,
             cached_tokens=cached,
             cache_hit_tokens=cached,
             cache_miss_tokens=prompt - cached,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from seekserve.chat.service import CompletedChat, Delta, Finished
+from seekserve.chat.service import CompletedChat, Delta, Finished, ToolCallDelta
 from seekserve.settings import Dialect
 
 
@@ -34,9 +34,18 @@ def _finish_fields(ctx: ResponseContext, finish: Finished) -> dict[str, Any]:
 def completion_body(ctx: ResponseContext, result: CompletedChat) -> dict[str, Any]:
     if ctx.dialect == "output_text":
         return {"output": {"text": result.content}}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        # With tool calls and no text the content is null, as OpenAI's and DeepSeek's are.
+        "content": result.content if result.content or not result.tool_calls else None,
+    }
+    if result.reasoning_content is not None:
+        message["reasoning_content"] = result.reasoning_content
+    if result.tool_calls:
+        message["tool_calls"] = result.tool_calls
     choice: dict[str, Any] = {
         "index": 0,
-        "message": {"role": "assistant", "content": result.content},
+        "message": message,
         "logprobs": {"content": result.logprobs} if result.logprobs is not None else None,
         **_finish_fields(ctx, result.finish),
     }
@@ -72,12 +81,33 @@ def first_chunk(ctx: ResponseContext) -> dict[str, Any] | None:
                          "logprobs": None, "finish_reason": None}])
 
 
-def delta_chunk(ctx: ResponseContext, delta: Delta) -> dict[str, Any]:
+def delta_chunk(ctx: ResponseContext, delta: Delta) -> dict[str, Any] | None:
+    """The chunk of one delta; None where the dialect has nothing to show of it (the
+    `output.text` envelope carries the answer text only)."""
     if ctx.dialect == "output_text":
-        return {"output": {"text": delta.text}}
+        return {"output": {"text": delta.text}} if delta.text else None
     logprobs = {"content": delta.logprobs} if delta.logprobs is not None else None
-    return _chunk(ctx, [{"index": 0, "delta": {"content": delta.text}, "logprobs": logprobs,
+    body: dict[str, Any] = {}
+    if delta.reasoning:
+        body["reasoning_content"] = delta.reasoning
+    if delta.text or not (delta.reasoning or delta.tool_calls):
+        body["content"] = delta.text
+    if delta.tool_calls:
+        body["tool_calls"] = [_tool_call_piece(piece) for piece in delta.tool_calls]
+    return _chunk(ctx, [{"index": 0, "delta": body, "logprobs": logprobs,
                          "finish_reason": None}])
+
+
+def _tool_call_piece(piece: ToolCallDelta) -> dict[str, Any]:
+    """OpenAI's streamed tool call: index always; id, type and name in the first piece."""
+    out: dict[str, Any] = {"index": piece.index}
+    function: dict[str, Any] = {"arguments": piece.arguments}
+    if piece.id is not None:
+        out["id"] = piece.id
+        out["type"] = "function"
+        function = {"name": piece.name or "", "arguments": piece.arguments}
+    out["function"] = function
+    return out
 
 
 def finish_chunks(ctx: ResponseContext, finish: Finished) -> list[dict[str, Any]]:

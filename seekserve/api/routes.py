@@ -23,10 +23,11 @@ from seekserve.api.sse import (
     SSEResponse,
     sse_event,
 )
-from seekserve.chat.service import Delta, PreparedChat, new_completion_id
+from seekserve.chat.service import Delta, Finished, PreparedChat, new_completion_id
+from seekserve.engines.remote.passthrough import RemoteChat
 from seekserve.errors import APIError
 from seekserve.metrics import request_context
-from seekserve.registry import Deployment
+from seekserve.registry import Deployment, ServedModel
 from seekserve.services import Services
 from seekserve.tenancy.auth import allow_model
 
@@ -71,6 +72,9 @@ def build_router() -> APIRouter:
     @router.post("/v1/chat/completions", responses=CHAT_RESPONSES, openapi_extra=CHAT_BODY,
                  summary="Create a chat completion", tags=["chat"],
                  response_model=None)
+    @router.post("/beta/chat/completions", responses=CHAT_RESPONSES, openapi_extra=CHAT_BODY,
+                 summary="Create a chat completion (DeepSeek's beta base URL)", tags=["chat"],
+                 response_model=None)
     async def chat_completions(request: Request) -> Response:
         services = Services.of(request)
         caller = await services.auth.authenticate(request)
@@ -108,7 +112,7 @@ def build_router() -> APIRouter:
     @router.get("/ready", tags=["ops"], summary="Every engine is loaded and serving")
     async def ready(request: Request) -> JSONResponse:
         services = Services.of(request)
-        engines = {name: engine.state() for name, engine in services.engines.items()}
+        engines = {name: engine.state() for name, engine in services.engine_states().items()}
         is_ready = services.started and all(s.loaded for s in engines.values())
         body = {
             "status": "ready" if is_ready else "starting",
@@ -124,6 +128,7 @@ async def _serve_chat(request: Request, services: Services, deployment: Deployme
     arrived = time.perf_counter()
     body = await read_body(request, services.settings.limits.max_body_bytes)
     req = parse_chat_request(body)
+    req = await services.files.inline(req, caller)  # file parts become text parts
     context = request_context(request)
     if context is not None:
         context.key_id, context.user_id = caller.key_id, req.user_id
@@ -135,8 +140,7 @@ async def _serve_chat(request: Request, services: Services, deployment: Deployme
     await accounting.moderator.check_prompt(_prompt_texts(req), deployment=deployment.name,
                                             user_id=req.user_id)
     request_id = new_completion_id()
-    chat = services.chat.prepare(req, model, request_id=request_id,
-                                 cache_salt=services.cache_salt(caller, req.user_id))
+    chat = _prepare_chat(services, req, model, caller, request_id)
     chat.guard = accounting.moderator.output_guard(deployment.name)
     # From here on the request holds its limits and budget: every way out closes its account.
     account = await accounting.admit(caller=caller, chat=chat, deployment=deployment,
@@ -150,7 +154,8 @@ async def _serve_chat(request: Request, services: Services, deployment: Deployme
             system_fingerprint=services.settings.server.system_fingerprint,
             include_usage=bool(req.stream_options and req.stream_options.include_usage),
         )
-        services.chat.submit(chat)  # a full queue is a 503 here, before any response starts
+        if isinstance(chat, PreparedChat):
+            services.chat.submit(chat)  # a full queue is a 503 here, before any response starts
         interval = services.settings.server.keepalive_interval_s
         response: Response
         if req.stream:
@@ -168,6 +173,25 @@ async def _serve_chat(request: Request, services: Services, deployment: Deployme
     return AccountedResponse(response, account)
 
 
+def _prepare_chat(services: Services, req: ChatCompletionRequest, model: ServedModel,
+                  caller: Caller, request_id: str) -> PreparedChat | RemoteChat:
+    """`req` bound to its model's engine: a prompt for a token engine, or an upstream request
+    for a remote engine (which runs the chat semantics itself)."""
+    remote = services.remote_for(model)
+    if remote is None:
+        return services.chat.prepare(req, model, request_id=request_id,
+                                     cache_salt=services.cache_salt(caller, req.user_id))
+    services.chat.check_limits(req)
+    return remote.prepare(req, model, request_id=request_id, key_digest=caller.key_digest)
+
+
+def _stream(services: Services, chat: PreparedChat | RemoteChat
+            ) -> AsyncGenerator[Delta | Finished, None]:
+    if isinstance(chat, RemoteChat):
+        return chat.engine.stream(chat)
+    return services.chat.stream(chat)
+
+
 def _prompt_texts(req: ChatCompletionRequest) -> list[str]:
     """Everything of the prompt that moderation reads."""
     texts = [req.system_instruction] if req.system_instruction else []
@@ -178,10 +202,11 @@ def _prompt_texts(req: ChatCompletionRequest) -> list[str]:
     return texts
 
 
-async def _answer(services: Services, ctx: dialects.ResponseContext, chat: PreparedChat,
-                  account: RequestAccount) -> dict[str, Any]:
+async def _answer(services: Services, ctx: dialects.ResponseContext,
+                  chat: PreparedChat | RemoteChat, account: RequestAccount) -> dict[str, Any]:
     try:
-        result = await services.chat.complete(chat)
+        result = await (chat.engine.complete(chat) if isinstance(chat, RemoteChat)
+                        else services.chat.complete(chat))
     except Exception as exc:
         account.failed(exc)
         raise
@@ -189,16 +214,19 @@ async def _answer(services: Services, ctx: dialects.ResponseContext, chat: Prepa
     return dialects.completion_body(ctx, result)
 
 
-async def _sse_events(services: Services, ctx: dialects.ResponseContext, chat: PreparedChat,
-                      account: RequestAccount) -> AsyncGenerator[bytes, None]:
+async def _sse_events(services: Services, ctx: dialects.ResponseContext,
+                      chat: PreparedChat | RemoteChat, account: RequestAccount
+                      ) -> AsyncGenerator[bytes, None]:
     first = dialects.first_chunk(ctx)
     if first is not None:
         yield sse_event(first)
     try:
-        async with aclosing(services.chat.stream(chat)) as items:
+        async with aclosing(_stream(services, chat)) as items:
             async for item in items:
                 if isinstance(item, Delta):
-                    yield sse_event(dialects.delta_chunk(ctx, item))
+                    chunk = dialects.delta_chunk(ctx, item)
+                    if chunk is not None:
+                        yield sse_event(chunk)
                 else:
                     account.finished(item)
                     for chunk in dialects.finish_chunks(ctx, item):

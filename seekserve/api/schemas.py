@@ -145,6 +145,8 @@ class ChatCompletionRequest(BaseModel):
     top_p: float | None = Field(None, ge=0, le=1, description="Nucleus sampling mass.")
     tools: list[Tool] | None = Field(None, description="Functions the model may call.")
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = Field(
+        None, description="false: at most one tool call per answer (OpenAI's field).")
     frequency_penalty: float | None = Field(
         None, ge=-2, le=2, description="Accepted, no effect (deprecated by DeepSeek)."
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import json
 import logging
 import secrets
 from collections import deque
@@ -12,9 +11,14 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from seekserve.api.schemas import ChatCompletionRequest, ChatMessage
+from seekserve.api.schemas import ChatCompletionRequest
+from seekserve.chat.output import OutputParser, Parsed
+from seekserve.chat.plan import THINK_OPEN, OutputPlan, build_constraint, plan_output
+from seekserve.chat.reasoning import OPEN_TAG
 from seekserve.chat.stops import StopMatcher
+from seekserve.chat.structured import GrammarCompiler, SequenceConstraint
 from seekserve.chat.template import ChatTemplate
+from seekserve.chat.thinking import history, plan_thinking, thinks_natively
 from seekserve.engines.base import (
     Engine,
     EngineFailure,
@@ -41,7 +45,8 @@ from seekserve.settings import LimitSettings
 
 log = logging.getLogger(__name__)
 
-FinishReason = Literal["stop", "length", "insufficient_system_resource", "content_filter"]
+FinishReason = Literal["stop", "length", "insufficient_system_resource", "content_filter",
+                       "tool_calls"]
 _ENGINE_FINISH: dict[str, FinishReason] = {
     "eos": "stop",
     "length": "length",
@@ -57,15 +62,43 @@ class GenerationObserver(Protocol):
     def on_token(self) -> None: ...
 
 
+class Accountable(Protocol):
+    """What accounting needs of any admitted request (chat, text completion, pass-through):
+    who and what it is for, its worst case, and where to report what the engine does."""
+
+    guard: OutputGuard | None
+    observer: GenerationObserver | None
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def user_id(self) -> str | None: ...
+
+    @property
+    def prompt_tokens(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int: ...
+
+
 @dataclass
 class PreparedChat:
     """A validated request bound to its model and engine, with its prompt tokens."""
 
-    request: ChatCompletionRequest
+    # None for a request that is not a chat (a text completion: FIM, /v1/completions).
+    request: ChatCompletionRequest | None
     model: ServedModel
     engine: Engine
     generation: GenerationRequest
     stops: list[str]
+    user_id: str | None = None
+    # How the output text is parsed (reasoning, tool calls); None: all of it is content.
+    parser: OutputParser | None = None
+    thinking: bool = False  # the answer carries reasoning_content (maybe empty)
     # Set by ChatService.submit: the engine accepted the request into its queue.
     events: EventStream | None = None
     # Output moderation: text is shown only once the guard releases it.
@@ -76,13 +109,38 @@ class PreparedChat:
     def prompt_tokens(self) -> int:
         return len(self.generation.prompt)
 
+    @property
+    def request_id(self) -> str:
+        return self.generation.request_id
+
+    @property
+    def model_id(self) -> str:
+        return self.model.id
+
+    @property
+    def max_tokens(self) -> int:
+        return self.generation.max_tokens
+
+
+@dataclass
+class ToolCallDelta:
+    """A piece of one tool call: its first piece carries id and name, later ones arguments."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
 
 @dataclass
 class Delta:
-    """Text safe to show now, with the log-probabilities of the tokens that produced it."""
+    """Output safe to show now: answer text, reasoning text, tool-call pieces, and the
+    log-probabilities of the tokens that produced them."""
 
-    text: str
+    text: str = ""
     logprobs: list[dict[str, Any]] | None = None
+    reasoning: str = ""
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 @dataclass
@@ -122,35 +180,8 @@ class CompletedChat:
     content: str
     finish: Finished
     logprobs: list[dict[str, Any]] | None = field(default=None)
-
-
-def _history_message(msg: ChatMessage) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": msg.role, "content": msg.text()}
-    if msg.name is not None:
-        out["name"] = msg.name
-    if msg.tool_call_id is not None:
-        out["tool_call_id"] = msg.tool_call_id
-    if msg.tool_calls:
-        out["tool_calls"] = [
-            {
-                "id": c.id,
-                "type": "function",
-                "function": {
-                    "name": c.function.name,
-                    "arguments": _json_or_text(c.function.arguments),
-                },
-            }
-            for c in msg.tool_calls
-        ]
-    return out
-
-
-def _json_or_text(arguments: str) -> Any:
-    # Templates (Qwen's among them) serialise arguments with tojson: give them the object.
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        return arguments
+    reasoning_content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class ChatService:
@@ -160,6 +191,15 @@ class ChatService:
         self._engines = engines
         self._limits = limits
         self._templates: dict[str, ChatTemplate] = {}
+        self._compilers: dict[str, GrammarCompiler | None] = {}
+
+    def _compiler(self, model: ServedModel, engine: Engine) -> GrammarCompiler | None:
+        if model.engine_name not in self._compilers:
+            vocabulary = engine.tokenizer.grammar_vocabulary()
+            self._compilers[model.engine_name] = (
+                GrammarCompiler(vocabulary, capacity=self._limits.grammar_cache_entries)
+                if vocabulary is not None else None)
+        return self._compilers[model.engine_name]
 
     def engine_for(self, model: ServedModel) -> Engine:
         return self._engines[model.engine_name]
@@ -207,7 +247,9 @@ class ChatService:
                 cache_salt: bytes = b"") -> PreparedChat:
         self.check_limits(req)
         engine = self.engine_for(model)
-        prompt = self._encode_prompt(req, engine, self._template(model, engine))
+        template = self._template(model, engine)
+        plan = plan_output(req, plan_thinking(req, model))
+        prompt = self._encode_prompt(req, engine, template, plan)
         limit = engine.max_sequence_tokens
         if len(prompt) >= limit:
             raise InvalidRequestError(
@@ -220,30 +262,42 @@ class ChatService:
                 f"{len(prompt) + max_tokens} tokens ({len(prompt)} in the messages, {max_tokens} "
                 f"in max_tokens). Reduce the length of the messages or max_tokens.",
                 param="max_tokens", code="context_length_exceeded")
+        constraint = build_constraint(plan, req, engine.tokenizer, self._compiler(model, engine))
+        temperature = 1.0 if req.temperature is None else req.temperature
+        top_p = 1.0 if req.top_p is None else req.top_p
+        if plan.thinking.enabled and model.thinking is not None:
+            # DeepSeek: in thinking mode temperature and top_p are accepted, with no effect.
+            temperature, top_p = model.thinking.temperature, model.thinking.top_p
         sampling = SamplingParams(
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
+            temperature=temperature,
+            top_p=top_p,
             seed=req.seed,
             logprobs=bool(req.logprobs),
             top_logprobs=(req.top_logprobs or 0) if req.logprobs else 0,
         )
         generation = GenerationRequest(request_id=request_id, prompt=prompt,
                                        max_tokens=max_tokens, sampling=sampling,
-                                       cache_salt=cache_salt)
-        return PreparedChat(req, model, engine, generation, req.stop_list())
+                                       cache_salt=cache_salt, constraint=constraint)
+        return PreparedChat(req, model, engine, generation, req.stop_list(), user_id=req.user_id,
+                            parser=plan.parser(), thinking=plan.thinking.enabled)
 
     def _encode_prompt(self, req: ChatCompletionRequest, engine: Engine,
-                       template: ChatTemplate) -> list[int]:
+                       template: ChatTemplate, plan: OutputPlan) -> list[int]:
         messages = list(req.messages)
         continuation: str | None = None
         if messages[-1].role == "assistant" and messages[-1].prefix:
             continuation = messages.pop().text()
-        history = [_history_message(m) for m in messages]
+        native = thinks_natively(template.source)
+        turns = history(messages, thinking=plan.thinking.enabled, native=native)
         if req.system_instruction:
-            history.insert(0, {"role": "system", "content": req.system_instruction})
+            turns.insert(0, {"role": "system", "content": req.system_instruction})
         tok = engine.tokenizer
-        text = template.render(history, add_generation_prompt=True, bos_token=tok.bos_text,
-                               eos_token=tok.eos_text)
+        switches = {"enable_thinking": plan.thinking.enabled, "thinking": plan.thinking.enabled}
+        text = template.render(turns, add_generation_prompt=True, bos_token=tok.bos_text,
+                               eos_token=tok.eos_text, tools=plan.tools, **switches)
+        if plan.thinking.enabled and not text.rstrip("\n").endswith(OPEN_TAG):
+            # The server opens the block (budget forcing); a native template may have already.
+            text += THINK_OPEN
         if continuation:
             text += continuation
         add_bos = tok.add_bos and not (tok.bos_text and text.startswith(tok.bos_text))
@@ -260,24 +314,49 @@ class ChatService:
             raise _api_error(chat, exc) from None
 
     async def stream(self, chat: PreparedChat) -> AsyncGenerator[Delta | Finished, None]:
-        """Deltas of visible text (stop strings held back and cut), then one Finished.
+        """Deltas of visible output (reasoning, answer text with stop strings held back and
+        cut, tool-call pieces), then one Finished.
 
-        With an output guard, a flagged output stops generation (the engine stream is closed)
-        and finishes with `content_filter`; the text before the match is the last shown."""
+        With an output guard, a flagged output (answer or reasoning) stops generation (the
+        engine stream is closed) and finishes with `content_filter`; the text before the
+        match is the last shown."""
         self.submit(chat)
         assert chat.events is not None
         tokenizer = chat.engine.tokenizer
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        parser = chat.parser
         matcher = StopMatcher(chat.stops)
         guard = chat.guard
+        reasoning_guard = OutputGuard(guard.rules) if guard is not None and chat.thinking else None
         observer = chat.observer
         want_logprobs = chat.generation.sampling.logprobs
-        # (end offset of the token's text, its logprob entry), released with that text.
-        pending: deque[tuple[int, dict[str, Any]]] = deque()
+        # (start, end offset of the token's answer text, its logprob entry), released with
+        # that text. Tokens of reasoning or markup produce no answer text and no entry.
+        pending: deque[tuple[int, int, dict[str, Any]]] = deque()
+        carried: list[dict[str, Any]] = []
         produced = emitted = 0
         generated = 0
         cached = 0
+        calls = 0
         finish: FinishEvent | None = None
+
+        def flagged() -> bool:
+            return (guard is not None and guard.flagged) or (
+                reasoning_guard is not None and reasoning_guard.flagged)
+
+        def visible(parsed: Parsed, final: bool) -> Delta:
+            text = matcher.feed(parsed.content)
+            if final and matcher.matched is None:
+                text += matcher.flush()
+            reasoning = parsed.reasoning
+            if reasoning_guard is not None:
+                reasoning = reasoning_guard.feed(reasoning) + (
+                    reasoning_guard.finish() if final else "")
+            if guard is not None:
+                text = guard.feed(text) + (guard.finish() if final else "")
+            pieces = [ToolCallDelta(c.index, c.id, c.name, c.arguments) for c in parsed.calls]
+            return Delta(text, None, reasoning, pieces or None)
+
         try:
             async with aclosing(chat.events) as events:
                 async for event in events:
@@ -293,36 +372,50 @@ class ChatService:
                     if observer is not None:
                         observer.on_token()
                     text = decoder.decode(tokenizer.piece(event.token_id))
-                    produced += len(text)
+                    parsed = parser.feed(text) if parser is not None else Parsed(content=text)
                     if want_logprobs:
-                        pending.append((produced, self._logprob_entry(tokenizer, event)))
-                    visible = matcher.feed(text)
-                    if guard is not None:
-                        visible = guard.feed(visible)
-                    emitted += len(visible)
-                    ended = matcher.matched is not None or (guard is not None and guard.flagged)
-                    lps = self._release(pending, emitted, partial=ended)
-                    if visible or lps:
-                        yield Delta(visible, lps if want_logprobs else None)
+                        # A token of part of a character waits for the token that ends it.
+                        carried.append(self._logprob_entry(tokenizer, event))
+                        if parsed.content:
+                            end = produced + len(parsed.content)
+                            pending.extend((produced, end, entry) for entry in carried)
+                        if text:
+                            carried.clear()
+                    produced += len(parsed.content)
+                    delta = visible(parsed, final=False)
+                    calls += sum(1 for c in parsed.calls if c.id is not None)
+                    emitted += len(delta.text)
+                    ended = matcher.matched is not None or flagged()
+                    if want_logprobs:
+                        delta.logprobs = self._release(pending, emitted, partial=ended)
+                    if delta.text or delta.reasoning or delta.tool_calls or delta.logprobs:
+                        yield delta
                     if ended:
                         break
         except EngineFailure as exc:
             raise _api_error(chat, exc) from None
-        tail = ""
-        if matcher.matched is None and not (guard is not None and guard.flagged):
-            tail = matcher.flush() + decoder.decode(b"", final=True)
-        if guard is not None:
-            tail = guard.feed(tail) + guard.finish()
-        emitted += len(tail)
-        lps = self._release(pending, emitted, partial=True)
-        if tail or lps:
-            yield Delta(tail, lps if want_logprobs else None)
+        parsed = Parsed()
+        if matcher.matched is None and not flagged():
+            text = decoder.decode(b"", final=True)
+            parsed = parser.feed(text) if parser is not None else Parsed(content=text)
+            if parser is not None:
+                rest = parser.finish()
+                parsed.reasoning += rest.reasoning
+                parsed.content += rest.content
+                parsed.calls.extend(rest.calls)
+        delta = visible(parsed, final=True)  # what the guards still hold is released
+        calls += sum(1 for c in delta.tool_calls or [] if c.id is not None)
+        emitted += len(delta.text)
+        if want_logprobs:
+            delta.logprobs = self._release(pending, emitted, partial=True)
+        if delta.text or delta.reasoning or delta.tool_calls or delta.logprobs:
+            yield delta
         usage = Usage(prompt_tokens=chat.prompt_tokens, completion_tokens=generated,
-                      cached_tokens=cached)
+                      cached_tokens=cached, reasoning_tokens=self._reasoning_tokens(chat))
         if finish is not None:
             usage.completion_tokens = finish.completion_tokens
             usage.cached_tokens = finish.cached_tokens
-        if guard is not None and guard.flagged:
+        if flagged():
             yield Finished("content_filter", None, usage)
             return
         if matcher.matched is not None:
@@ -330,33 +423,49 @@ class ChatService:
             return
         if finish is None:
             raise EngineError("The engine ended the sequence without a finish event.")
-        yield Finished(_ENGINE_FINISH[finish.reason], None, usage)
+        reason = _ENGINE_FINISH[finish.reason]
+        yield Finished("tool_calls" if calls and reason == "stop" else reason, None, usage)
+
+    @staticmethod
+    def _reasoning_tokens(chat: PreparedChat) -> int:
+        constraint = chat.generation.constraint
+        return constraint.reasoning_tokens if isinstance(constraint, SequenceConstraint) else 0
 
     async def complete(self, chat: PreparedChat) -> CompletedChat:
         parts: list[str] = []
+        reasoning: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
         logprobs: list[dict[str, Any]] | None = [] if chat.generation.sampling.logprobs else None
         async with aclosing(self.stream(chat)) as items:
             async for item in items:
                 if isinstance(item, Delta):
                     parts.append(item.text)
+                    reasoning.append(item.reasoning)
+                    for piece in item.tool_calls or []:
+                        call = calls.setdefault(piece.index, {
+                            "id": piece.id, "type": "function",
+                            "function": {"name": piece.name or "", "arguments": ""}})
+                        call["function"]["arguments"] += piece.arguments
                     if logprobs is not None and item.logprobs:
                         logprobs.extend(item.logprobs)
                 else:
-                    return CompletedChat("".join(parts), item, logprobs)
+                    return CompletedChat(
+                        "".join(parts), item, logprobs,
+                        reasoning_content="".join(reasoning) if chat.thinking else None,
+                        tool_calls=[calls[i] for i in sorted(calls)] or None)
         raise EngineError("The engine ended the sequence without a finish event.")
 
     @staticmethod
-    def _release(pending: deque[tuple[int, dict[str, Any]]], emitted: int, *, partial: bool
-                 ) -> list[dict[str, Any]]:
+    def _release(pending: deque[tuple[int, int, dict[str, Any]]], emitted: int, *,
+                 partial: bool) -> list[dict[str, Any]]:
         """Entries whose text is now visible; with `partial`, also those cut short by the end."""
         out: list[dict[str, Any]] = []
-        while pending and pending[0][0] <= emitted:
-            out.append(pending.popleft()[1])
+        while pending and pending[0][1] <= emitted:
+            out.append(pending.popleft()[2])
         if partial:
-            start = emitted
             while pending:
-                end, entry = pending.popleft()
-                if end - len(entry["token"]) < start:
+                start, _, entry = pending.popleft()
+                if start < emitted:
                     out.append(entry)
         return out
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+import llguidance
+import numpy as np
+import numpy.typing as npt
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -15,6 +19,27 @@ class SamplingParams:
     top_logprobs: int = 0
 
 
+class TokenConstraint(Protocol):
+    """Per-sequence control over what may be generated next: forced tokens (a thinking block
+    closed at its budget) and token masks (llguidance grammars). The engine asks, in order,
+    `forced_token`, else `mask_logits` then samples, then `accept`s the token it emits; once
+    `finished`, the sequence ends as if it had produced end-of-generation. It is stateful and
+    belongs to one sequence; preemption keeps it (the tokens it accepted stay generated)."""
+
+    def forced_token(self) -> int | None:
+        """The token that must come next, or None to sample."""
+        ...
+
+    def mask_logits(self, logits: npt.NDArray[np.float32]) -> None:
+        """Set the logits of tokens that may not come next to -inf (in place)."""
+        ...
+
+    def accept(self, token_id: int) -> None: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     request_id: str
@@ -23,6 +48,8 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     # The server-derived isolation key of the caller; a cache never crosses two salts.
     cache_salt: bytes = b""
+    # What may be generated (grammar, forced tokens); None leaves sampling free.
+    constraint: TokenConstraint | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +145,14 @@ class Tokenizer(Protocol):
         ...
 
     def is_end_of_generation(self, token_id: int) -> bool: ...
+
+    def end_tokens(self) -> list[int]:
+        """Every end-of-generation token id."""
+        ...
+
+    def grammar_vocabulary(self) -> llguidance.LLTokenizer | None:
+        """The vocabulary for llguidance grammars; None if this tokenizer cannot constrain."""
+        ...
 
     @property
     def bos_text(self) -> str: ...

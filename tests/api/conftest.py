@@ -41,6 +41,10 @@ def build_app(engine: Engine, **overrides: Any) -> FastAPI:
     """The real app on `engine`, configured like the seed example unless overridden; its
     store and usage journal live in a directory of its own, not the user's data dir."""
     overrides.setdefault("deployments", SEED_DEPLOYMENTS)
+    # The fake engine's reply is plain text: these tests read it as the answer. Thinking
+    # mode (on by default for V4) has its own tests, which turn it on per request.
+    overrides.setdefault("models", [{"id": MODEL, "aliases": [MAAS_MODEL],
+                                     "thinking": {"default": "disabled"}}])
     overrides.setdefault("data_dir", Path(tempfile.mkdtemp(dir=_DATA_ROOT)))
     return create_app(Settings.load(None, **overrides), {"embedded": engine})
 

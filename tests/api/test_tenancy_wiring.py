@@ -105,7 +105,8 @@ def settings(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
         "data_dir": tmp_path / "data",
         "api_keys": [STATIC],
         "admin_key": ADMIN,
-        "models": [{"id": MODEL, "aliases": [MAAS_MODEL], "pricing": PRICING}],
+        "models": [{"id": MODEL, "aliases": [MAAS_MODEL], "pricing": PRICING,
+                    "thinking": {"default": "disabled"}}],
         "store": {"journal_dir": str(tmp_path / "journal"), "flush_interval_s": 0.05},
         "moderation": {"rules": {"words": ["forbidden phrase", "badword"]}},
     }

@@ -14,7 +14,7 @@ from seekserve.settings import Settings
 from seekserve.tenancy.store import Store, default_url, store_url
 from tests.tenancy.conftest import pg_url
 
-TABLES = {"alembic_version", "api_keys", "budget_reservations", "usage"}
+TABLES = {"alembic_version", "api_keys", "budget_reservations", "files", "usage"}
 
 
 async def _tables(store: Store) -> set[str]:
@@ -52,7 +52,7 @@ async def test_sqlite_store_is_wal_and_migrates_idempotently(tmp_path: Path) -> 
         await store.migrate()
         assert (tmp_path / "new" / "dir" / "seekserve.db").exists()
         assert await _tables(store) == TABLES
-        assert await _version(store) == ["0001_tenancy"]
+        assert await _version(store) == ["0002_files"]
         async with store.read() as conn:
             mode = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
             busy = (await conn.execute(text("PRAGMA busy_timeout"))).scalar()
@@ -67,7 +67,7 @@ async def _four_replicas_migrate(url: URL) -> None:
     try:
         await asyncio.gather(*(s.migrate() for s in stores))
         assert await _tables(stores[0]) == TABLES
-        assert await _version(stores[0]) == ["0001_tenancy"]
+        assert await _version(stores[0]) == ["0002_files"]
     finally:
         for s in stores:
             await s.aclose()

@@ -292,6 +292,7 @@ class LlamaCppEngine:
         if not ctx:
             model.close()
             raise EngineFailure(f"llama.cpp could not create a context of {s.n_ctx} cells")
+        model.tokenizer.grammar_vocabulary()  # built now rather than in a first request
         self._model = model
         self._ctx = ctx
         self._mem = lc.llama_get_memory(ctx)
@@ -589,7 +590,17 @@ class LlamaCppEngine:
         logits = np.ctypeslib.as_array(
             lc.llama_get_logits_ith(self._ctx, index), shape=(self._model.tokenizer.n_vocab,)
         )
-        event = seq.sampler.sample(logits)
+        constraint = seq.request.constraint
+        if constraint is None:
+            event = seq.sampler.sample(logits)
+        else:
+            forced = constraint.forced_token()
+            model_logits = logits.copy() if seq.sampler.params.logprobs else None
+            if forced is None:
+                constraint.mask_logits(logits)
+                forced = constraint.forced_token()  # masking may decide to force
+            event = seq.sampler.sample(logits, model_logits=model_logits, forced=forced)
+            constraint.accept(event.token_id)
         seq.generated += 1
         seq.tokens.append(event.token_id)
         reason: FinishReason | None = None
@@ -597,7 +608,9 @@ class LlamaCppEngine:
             reason = "eos"
         else:
             seq.emit(event)
-            if seq.generated >= seq.request.max_tokens:
+            if constraint is not None and constraint.finished:
+                reason = "eos"
+            elif seq.generated >= seq.request.max_tokens:
                 reason = "length"
         if reason is not None:
             self._finish(seq, reason)

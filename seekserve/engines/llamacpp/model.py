@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
+import llguidance
+import llguidance.llamacpp
 
 _llama_log = logging.getLogger("seekserve.llamacpp")
 # ggml's log levels: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line.
@@ -41,6 +44,8 @@ class LlamaTokenizer:
         self._eos = lc.llama_vocab_eos(vocab)
         self._add_bos = bool(lc.llama_vocab_get_add_bos(vocab))
         self._pieces: dict[int, bytes] = {}
+        self._grammar_vocabulary: llguidance.LLTokenizer | None = None
+        self._grammar_lock = threading.Lock()
 
     def encode(self, text: str, *, add_special: bool = False, parse_special: bool = True
                ) -> list[int]:
@@ -72,6 +77,17 @@ class LlamaTokenizer:
 
     def is_end_of_generation(self, token_id: int) -> bool:
         return bool(lc.llama_vocab_is_eog(self._vocab, token_id))
+
+    def end_tokens(self) -> list[int]:
+        return [t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)]
+
+    def grammar_vocabulary(self) -> llguidance.LLTokenizer:
+        """The vocabulary as llguidance sees it (built once, about a second)."""
+        with self._grammar_lock:
+            if self._grammar_vocabulary is None:
+                self._grammar_vocabulary = llguidance.llamacpp.lltokenizer_from_vocab(
+                    self._vocab, eos_token=self.end_tokens())
+            return self._grammar_vocabulary
 
     def _text(self, token_id: int) -> str:
         if token_id < 0:

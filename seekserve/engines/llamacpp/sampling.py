@@ -28,11 +28,17 @@ class Sampler:
     def greedy(self) -> bool:
         return self.params.temperature == 0.0 or self.params.top_p == 0.0
 
-    def sample(self, logits: Logits) -> TokenEvent:
-        token = self._argmax(logits) if self.greedy else self._draw(logits)
+    def sample(self, logits: Logits, *, model_logits: Logits | None = None,
+               forced: int | None = None) -> TokenEvent:
+        """Pick from `logits` (maybe masked by a constraint), or take `forced`; log-probabilities
+        come from `model_logits` (the unmasked row) when given."""
+        if forced is not None:
+            token = forced
+        else:
+            token = self._argmax(logits) if self.greedy else self._draw(logits)
         if not self.params.logprobs:
             return TokenEvent(token_id=token)
-        return self._with_logprobs(logits, token)
+        return self._with_logprobs(logits if model_logits is None else model_logits, token)
 
     @staticmethod
     def _argmax(logits: Logits) -> int:

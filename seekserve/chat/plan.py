@@ -1,0 +1,160 @@
+"""What one chat request's output may be: thinking budget, tool calls, JSON, as a constraint
+for the engine and a parser for the text that comes back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from seekserve.api.schemas import ChatCompletionRequest, NamedToolChoice
+from seekserve.chat.output import OutputParser
+from seekserve.chat.structured import (
+    AnswerRule,
+    GrammarCompiler,
+    GrammarError,
+    SequenceConstraint,
+    ThinkBudget,
+    ToolSpec,
+    json_rule,
+    json_schema_grammar,
+    tool_calls_rules,
+    tool_markup_tokens,
+)
+from seekserve.chat.thinking import ThinkingPlan
+from seekserve.engines.base import Tokenizer
+from seekserve.errors import InvalidRequestError
+
+# Thinking is closed with the tag on a line of its own and a blank line before the answer.
+THINK_OPEN = "<think>\n"
+THINK_CLOSE = "\n</think>\n\n"
+# Most tool calls one answer may make under tool_choice `required` or `auto`.
+MAX_PARALLEL_CALLS = 4
+EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    thinking: ThinkingPlan
+    tools: list[dict[str, Any]] | None  # as the template renders them
+    tool_choice: str  # none, auto, required, or the named function
+    json_schema: dict[str, Any] | None  # JSON mode's schema ({"type": "object"} for json_object)
+
+    @property
+    def parses_tools(self) -> bool:
+        return self.tools is not None and self.tool_choice != "none"
+
+    def parser(self) -> OutputParser:
+        return OutputParser(thinking=self.thinking.enabled, tools=self.parses_tools)
+
+    @property
+    def constrained(self) -> bool:
+        return self.thinking.enabled or self.parses_tools or self.json_schema is not None \
+            or self.tools is not None
+
+
+def plan_output(req: ChatCompletionRequest, thinking: ThinkingPlan) -> OutputPlan:
+    tools = None
+    if req.tools:
+        tools = [{"type": "function", "function": {
+            "name": t.function.name,
+            **({"description": t.function.description} if t.function.description else {}),
+            "parameters": t.function.parameters or EMPTY_PARAMETERS,
+        }} for t in req.tools]
+    choice: str
+    if isinstance(req.tool_choice, NamedToolChoice):
+        choice = req.tool_choice.function.name
+    else:
+        choice = req.tool_choice or ("auto" if tools else "none")
+    schema = None
+    fmt = req.response_format
+    if fmt is not None and fmt.type == "json_object":
+        schema = {"type": "object"}
+    elif fmt is not None and fmt.type == "json_schema":
+        holder = fmt.json_schema or {}
+        schema = holder.get("schema") or {"type": "object"}
+    return OutputPlan(thinking, tools, choice, schema)
+
+
+def build_constraint(plan: OutputPlan, req: ChatCompletionRequest, tokenizer: Tokenizer,
+                     compiler: GrammarCompiler | None) -> SequenceConstraint | None:
+    """The engine-side constraint, or None when the output is free. Raises a 400 naming the
+    field when a schema does not compile or the engine cannot constrain."""
+    specs = _tool_specs(req, compiler) if plan.tools is not None else []
+    open_id, close_id = tool_markup_tokens(lambda s: tokenizer.encode(s, parse_special=True))
+    special = open_id is not None and close_id is not None
+    rule = AnswerRule()
+    if plan.tools is not None and plan.tool_choice == "none":
+        rule = AnswerRule(banned=(open_id,) if open_id is not None else ())
+    elif plan.parses_tools:
+        named = plan.tool_choice not in ("auto", "required")
+        chosen = [s for s in specs if s.name == plan.tool_choice] if named else specs
+        max_calls = 1 if named or req.parallel_tool_calls is False else MAX_PARALLEL_CALLS
+        if plan.tool_choice != "auto":
+            rule = AnswerRule(mode="grammar", lark=tool_calls_rules(
+                chosen, opened=False, max_calls=max_calls, special_tags=special))
+        elif plan.json_schema is not None:
+            # JSON mode with tools offered: the answer is either calls or the JSON.
+            calls = tool_calls_rules(chosen, opened=False, max_calls=max_calls,
+                                     special_tags=special, start="calls")
+            rule = AnswerRule(mode="grammar", lark=(
+                f"start: calls | answer\nanswer: {_json(plan.json_schema)}\n{calls}"))
+        elif special:
+            # Free text until the model opens a call; the call itself is then constrained.
+            rule = AnswerRule(mode="trigger", trigger=open_id, lark=tool_calls_rules(
+                chosen, opened=True, max_calls=max_calls, special_tags=special))
+    elif plan.json_schema is not None:
+        rule = AnswerRule(mode="grammar", lark=_grammar(json_schema_grammar, plan.json_schema,
+                                                        param="response_format"))
+    if rule.lark is not None:
+        if compiler is None:
+            raise InvalidRequestError(
+                "This model's engine cannot constrain its output, which JSON mode and tool "
+                "calls need.", param="response_format" if plan.json_schema else "tool_choice")
+        try:
+            compiler.matcher(rule.lark)  # compiled (and cached) now: a bad schema is a 400
+        except GrammarError as exc:
+            raise InvalidRequestError(f"response_format: the schema cannot be used: {exc}",
+                                      param="response_format.json_schema") from None
+    think = None
+    if plan.thinking.enabled:
+        think = ThinkBudget(plan.thinking.budget,
+                            tuple(tokenizer.encode(THINK_CLOSE, parse_special=False)))
+    if think is None and rule.mode == "free" and not rule.banned:
+        return None
+    return SequenceConstraint(think=think, answer=rule, compiler=compiler,
+                              piece=tokenizer.piece, end_tokens=tokenizer.end_tokens())
+
+
+def _json(schema: dict[str, Any] | None) -> str:
+    assert schema is not None
+    return _grammar(json_rule, schema, param="response_format")
+
+
+def _grammar(build: Any, schema: dict[str, Any], *, param: str) -> str:
+    try:
+        text: str = build(schema)
+    except GrammarError as exc:
+        raise InvalidRequestError(f"{param}: {exc}", param=param) from None
+    return text
+
+
+def _tool_specs(req: ChatCompletionRequest, compiler: GrammarCompiler | None) -> list[ToolSpec]:
+    """Each tool's schema, compiled on its own so a bad one is a 400 that names it."""
+    specs = []
+    for i, tool in enumerate(req.tools or []):
+        params = tool.function.parameters or EMPTY_PARAMETERS
+        param = f"tools[{i}].function.parameters"
+        if params.get("type", "object") != "object":
+            raise InvalidRequestError(
+                f"{param}: the parameters of tool `{tool.function.name}` must be a JSON Schema "
+                f"of type object, not {json.dumps(params.get('type'))}", param=param)
+        if compiler is not None:
+            try:
+                compiler.matcher(json_schema_grammar(params))
+            except GrammarError as exc:
+                raise InvalidRequestError(
+                    f"{param}: the JSON Schema of tool `{tool.function.name}` is invalid: {exc}",
+                    param=param) from None
+        specs.append(ToolSpec(tool.function.name, params))
+    return specs

@@ -1,0 +1,1 @@
+"""Remote engines: chat requests passed through to OpenAI-compatible servers and providers."""
