@@ -77,7 +77,8 @@ def plan_output(req: ChatCompletionRequest, thinking: ThinkingPlan) -> OutputPla
 
 
 def build_constraint(plan: OutputPlan, req: ChatCompletionRequest, tokenizer: Tokenizer,
-                     compiler: GrammarCompiler | None) -> SequenceConstraint | None:
+                     compiler: GrammarCompiler | None, *, max_tokens: int
+                     ) -> SequenceConstraint | None:
     """The engine-side constraint, or None when the output is free. Raises a 400 naming the
     field when a schema does not compile or the engine cannot constrain."""
     specs = _tool_specs(req, compiler) if plan.tools is not None else []
@@ -118,12 +119,14 @@ def build_constraint(plan: OutputPlan, req: ChatCompletionRequest, tokenizer: To
                                       param="response_format.json_schema") from None
     think = None
     if plan.thinking.enabled:
-        think = ThinkBudget(plan.thinking.budget,
+        # Reasoning counts toward max_tokens; it may use at most half, so an answer follows.
+        think = ThinkBudget(min(plan.thinking.budget, max(1, max_tokens // 2)),
                             tuple(tokenizer.encode(THINK_CLOSE, parse_special=False)))
     if think is None and rule.mode == "free" and not rule.banned:
         return None
     return SequenceConstraint(think=think, answer=rule, compiler=compiler,
-                              piece=tokenizer.piece, end_tokens=tokenizer.end_tokens())
+                              piece=tokenizer.piece, end_tokens=tokenizer.end_tokens(),
+                              max_tokens=max_tokens)
 
 
 def _json(schema: dict[str, Any] | None) -> str:

@@ -262,7 +262,8 @@ class ChatService:
                 f"{len(prompt) + max_tokens} tokens ({len(prompt)} in the messages, {max_tokens} "
                 f"in max_tokens). Reduce the length of the messages or max_tokens.",
                 param="max_tokens", code="context_length_exceeded")
-        constraint = build_constraint(plan, req, engine.tokenizer, self._compiler(model, engine))
+        constraint = build_constraint(plan, req, engine.tokenizer, self._compiler(model, engine),
+                                      max_tokens=max_tokens)
         temperature = 1.0 if req.temperature is None else req.temperature
         top_p = 1.0 if req.top_p is None else req.top_p
         if plan.thinking.enabled and model.thinking is not None:

@@ -26,6 +26,10 @@ from seekserve.chat.tools import CALL_CLOSE, CALL_OPEN
 log = logging.getLogger(__name__)
 
 MAX_SCHEMA_CHARS = 65536
+# Tokens before max_tokens (at least this many, or a quarter of it) from which a grammar's
+# structure is steered closed.
+CLOSING_RESERVE_MIN = 24
+_CLOSERS = frozenset(b'"}]')
 # JSON as generated under a grammar: one line, `", "` and `": "` separators. Flexible
 # whitespace lets a small model pad an object with newlines until max_tokens runs out.
 _JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False}
@@ -93,6 +97,7 @@ class GrammarCompiler:
         self._capacity = capacity
         self._cache: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
+        self._closers: npt.NDArray[np.bool_] | None = None
 
     def matcher(self, lark: str) -> llguidance.LLMatcher:
         """A fresh matcher for `lark`; raises GrammarError with llguidance's reason."""
@@ -117,6 +122,16 @@ class GrammarCompiler:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    def closer_mask(self) -> npt.NDArray[np.bool_]:
+        """Tokens made only of `"`, `}` and `]`: what ends strings and containers."""
+        if self._closers is None:
+            tok = self.tokenizer
+            self._closers = np.array(
+                [bool(piece) and set(piece) <= _CLOSERS
+                 for piece in (tok.decode_bytes([t]) for t in range(tok.vocab_size))],
+                dtype=np.bool_)
+        return self._closers
 
 
 @dataclass(frozen=True)
@@ -150,8 +165,10 @@ class SequenceConstraint:
 
     def __init__(self, *, think: ThinkBudget | None, answer: AnswerRule,
                  compiler: GrammarCompiler | None, piece: Callable[[int], bytes],
-                 end_tokens: Sequence[int]) -> None:
+                 end_tokens: Sequence[int], max_tokens: int | None = None) -> None:
         self._think = think
+        self._max_tokens = max_tokens
+        self._accepted = 0
         self._answer = answer
         self._compiler = compiler
         self._piece = piece
@@ -211,6 +228,7 @@ class SequenceConstraint:
             self._apply_grammar(logits)
 
     def accept(self, token_id: int) -> None:
+        self._accepted += 1
         if self._forced and self._forced[0] == token_id:
             self._forced.pop(0)
         elif self._forced:
@@ -275,6 +293,19 @@ class SequenceConstraint:
         n = min(len(logits), len(allowed))
         logits[:n][allowed[:n] == 0] = -np.inf
         logits[n:] = -np.inf
+        if self._closing_time():
+            # Near max_tokens, tokens that end strings, arrays and objects win where the
+            # grammar allows one, so the structure closes instead of being cut off.
+            assert self._compiler is not None
+            closers = self._compiler.closer_mask()[:n] & (allowed[:n] == 1)
+            if closers.any():
+                logits[:n][~closers] = -np.inf
+
+    def _closing_time(self) -> bool:
+        if self._max_tokens is None:
+            return False
+        left = self._max_tokens - self._accepted
+        return left <= max(CLOSING_RESERVE_MIN, self._max_tokens // 4)
 
 
 def tool_markup_tokens(encode: Callable[[str], list[int]]) -> tuple[int | None, int | None]:

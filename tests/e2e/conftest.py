@@ -46,8 +46,14 @@ class Server:
 
 
 def start_server(config: dict[str, object], workdir: Path, *, api_key: str = API_KEY,
-                 timeout: float = 300, env: dict[str, str] | None = None) -> Server:
-    """`env` is added to this process's environment (e.g. its own SEEKSERVE_DATA_DIR)."""
+                 timeout: float = 300, env: dict[str, str] | None = None,
+                 thinking: str | None = "disabled") -> Server:
+    """`env` is added to this process's environment (e.g. its own SEEKSERVE_DATA_DIR).
+
+    `thinking` sets the models' default thinking mode: most tests check other features and
+    read the answer text, so it is off unless a test asks for the real default (None)."""
+    if thinking is not None:
+        config = with_thinking_default(config, thinking)
     port = free_port()
     config_path = workdir / "seekserve.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -73,6 +79,18 @@ def start_server(config: dict[str, object], workdir: Path, *, api_key: str = API
         time.sleep(0.5)
     process.kill()
     raise RuntimeError(f"seekserve was not ready in {timeout} s:\n{server.log()}")
+
+
+def with_thinking_default(config: dict[str, object], default: str) -> dict[str, object]:
+    models = config.get("models")
+    if models is None:
+        models = [{"id": "deepseek-v4-pro", "aliases": ["MaaS_Deepseek_V4_pro_20260424"]}]
+    patched = []
+    for model in models:  # type: ignore[attr-defined]
+        thinking = dict(model.get("thinking") or {})
+        thinking.setdefault("default", default)
+        patched.append({**model, "thinking": thinking})
+    return {**config, "models": patched}
 
 
 def stop_server(server: Server) -> None:

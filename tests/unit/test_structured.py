@@ -102,6 +102,22 @@ def test_json_grammar_yields_parseable_json_even_from_a_model_that_wants_junk() 
     assert set(value) == {"n", "s"} and isinstance(value["n"], int)
 
 
+@pytest.mark.parametrize("max_tokens", [30, 60, 200])
+def test_near_max_tokens_the_json_is_steered_closed(max_tokens: int) -> None:
+    comp = compiler()
+    schema = {"type": "object", "properties": {"a": {"type": "array", "items": {
+        "type": "object", "properties": {"s": {"type": "string"}}}}}}
+    c = SequenceConstraint(think=None, answer=AnswerRule(mode="grammar",
+                                                         lark=json_schema_grammar(schema)),
+                           compiler=comp, piece=TOK.piece, end_tokens=[END],
+                           max_tokens=max_tokens)
+    # A model that would write `{"a":[{"s":"xxxxx...` forever.
+    out = run(c, lambda step: [byte("x"), byte("{"), byte("["), byte('"'), byte("a"),
+                               byte("s"), byte(":")], steps=max_tokens)
+    assert c.finished
+    assert isinstance(json.loads(out), dict)
+
+
 def test_tool_call_grammar_names_a_listed_function_and_validates_its_arguments() -> None:
     comp = compiler()
     tools = [ToolSpec("get_weather", {"type": "object", "properties": {

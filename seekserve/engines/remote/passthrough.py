@@ -59,6 +59,8 @@ from seekserve.settings import EngineSettings, RemoteEngineSettings
 
 log = logging.getLogger(__name__)
 
+_AFTER_DONE_S = 0.05  # how long the end of a stream's body is awaited after its `[DONE]`
+
 
 @dataclass(frozen=True)
 class RemoteEngineState(EngineState):
@@ -302,10 +304,12 @@ class RemoteEngine:
     async def _pieces(self, response: httpx.Response) -> AsyncIterator[Piece]:
         # Decided by what came back, not what was asked: an upstream may ignore `stream`.
         if "text/event-stream" in response.headers.get("content-type", ""):
-            async for data in sse_data(response):
-                if data == "[DONE]":
-                    return
-                yield parse_chunk(_json(data))
+            async with aclosing(sse_data(response)) as events:
+                async for data in events:
+                    if data == "[DONE]":
+                        await _read_to_end(events)
+                        return
+                    yield parse_chunk(_json(data))
             return
         body = await response.aread()
         yield parse_completion(_json(body), envelope=self.settings.upstream == "output_text")
@@ -420,6 +424,18 @@ def _refusal(status: int, message: str, headers: httpx.Headers) -> _Refused:
                         retry=False, healthy=True)
     return _Refused(UpstreamError(f"The upstream failed ({status}): {message}"),
                     retry=True, healthy=False)
+
+
+async def _read_to_end(events: AsyncGenerator[str, None]) -> None:
+    """Read what follows `[DONE]` (normally just the end of the chunked body, already received)
+    so that httpcore sees the response complete and returns its connection to the pool; a
+    response closed before its end closes the connection, and the next request pays for a new
+    one (measured by bench/gateway_overhead.py: a TCP connect per request). An upstream that
+    keeps the body open after `[DONE]` gets `_AFTER_DONE_S`, then is closed as before."""
+    with contextlib.suppress(TimeoutError, httpx.HTTPError):
+        async with asyncio.timeout(_AFTER_DONE_S):
+            async for _ in events:
+                pass
 
 
 def _json(data: str | bytes) -> Any:
