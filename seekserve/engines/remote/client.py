@@ -4,7 +4,7 @@ the SSE lines of a streamed answer."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -86,7 +86,7 @@ class ReplicaClient:
         return response.status_code < 500
 
 
-async def sse_data(response: httpx.Response) -> AsyncIterator[str]:
+async def sse_data(response: httpx.Response) -> AsyncGenerator[str, None]:
     """The `data` payload of each SSE event (multi-line data joined; `[DONE]` included, the
     caller decides what it means); comments and other fields are skipped."""
     data: list[str] = []
