@@ -23,8 +23,10 @@ Two phases per mode:
    latency counts from the scheduled time, so a late sender does not hide queueing) for
    `--step-seconds` per step, the rate multiplied by `--rate-step` each step, the targets
    interleaved at each rate. A target passes a step when its p99 (to the last byte) is at most
-   `--p99-limit-ms` and no request failed; a failing step is run once more before the target
-   drops out. Reported: the highest passing rate.
+   `--p99-limit-ms` and no request failed; a narrowly failing step is run once more before the
+   target drops out (a step that failed by far is not run again); after a failed step the benchmark
+   waits until the target's CPU use has fallen (its backlog worked off). Reported: the highest
+   passing rate.
 
 The load generator is this process: a raw asyncio HTTP/1.1 client (uvloop when installed, no
 JSON parsing of answers, only checks that they are complete), much lighter than httpx. It
@@ -83,6 +85,7 @@ SEEKSERVE_KEY = "sk-bench-gateway"
 LITELLM_KEY = "sk-litellm-bench"
 LITELLM_VENV = REPO / "bench" / ".venv-litellm"
 MODES = ("non-streamed", "streamed")
+IDLE_LIMIT_S = 2.0  # a pooled connection idle longer than this is not reused
 TARGETS = ("direct", "seekserve", "litellm")
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding:\s*chunked", re.IGNORECASE)
@@ -113,6 +116,7 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.closed = False
+        self.idle_since = time.perf_counter()
 
     @classmethod
     async def open(cls, port: int) -> Connection:
@@ -150,6 +154,7 @@ class Connection:
             body = await self.reader.readexactly(int(length.group(1)))
             first = time.perf_counter()
         last = time.perf_counter()
+        self.idle_since = last
         if _CONNECTION_CLOSE.search(head):
             self.close()
         if stream:
@@ -289,10 +294,15 @@ class Pool:
     opened: int = 0
 
     async def take(self) -> Connection:
+        now = time.perf_counter()
         while self.idle:
             connection = self.idle.pop()
-            if not connection.closed:
+            # uvicorn closes a connection idle for 5 s (its keep-alive timeout); sending on one
+            # it is closing would count a failure the server did not make.
+            if (not connection.closed and not connection.reader.at_eof()
+                    and now - connection.idle_since < IDLE_LIMIT_S):
                 return connection
+            connection.close()
             self.opened -= 1
         if self.opened >= self.limit:
             raise ResponseError(f"the generator has {self.limit} connections open, all busy")
@@ -338,6 +348,9 @@ async def rate_step(target: Target, pool: Pool, stream: bool, rate: float, secon
         except (ResponseError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             connection.close()
             errors.append(repr(exc))
+        except BaseException:  # cancelled mid-answer: the connection cannot be reused
+            connection.close()
+            raise
         finally:
             pool.give(connection)
 
@@ -386,6 +399,27 @@ def step_passes(step: dict[str, Any], limit_ms: float) -> bool:
     return step["errors"] == 0 and step["p99_ms"] is not None and step["p99_ms"] <= limit_ms
 
 
+def borderline(step: dict[str, Any], limit_ms: float) -> bool:
+    """A failed step close enough to passing that noise may explain it: worth one more try."""
+    return (not step_passes(step, limit_ms) and step["p99_ms"] is not None
+            and step["p99_ms"] <= 4 * limit_ms and step["errors"] <= 0.01 * step["sent"])
+
+
+async def settle(target: Target, most_s: float = 30.0) -> None:
+    """Wait until an overloaded target has worked off its backlog (its CPU use falls under
+    10% over half a second), so it does not slow down the next target's step."""
+    if target.pids_session is None:
+        return
+    deadline = time.perf_counter() + most_s
+    before = session_cpu_seconds(target.pids_session)
+    while time.perf_counter() < deadline:
+        await asyncio.sleep(0.5)
+        now = session_cpu_seconds(target.pids_session)
+        if now - before < 0.05:
+            return
+        before = now
+
+
 def generator_limited(step: dict[str, Any]) -> bool:
     """The generator, not the target, may have set the pace: busy or late sending."""
     return bool((step["generator_cpu"] or 0) > 0.85
@@ -409,11 +443,14 @@ async def sweep_phase(targets: list[Target], args: argparse.Namespace
                 step = await rate_step(target, pools[target.name], stream, rate,
                                        args.step_seconds)
                 if not step_passes(step, args.p99_limit_ms):
+                    await settle(target)
+                if borderline(step, args.p99_limit_ms):
                     step["retried"] = True
                     steps[target.name].append(step)
-                    await asyncio.sleep(1.0)
                     step = await rate_step(target, pools[target.name], stream, rate,
                                            args.step_seconds)
+                    if not step_passes(step, args.p99_limit_ms):
+                        await settle(target)
                 steps[target.name].append(step)
                 passed = step_passes(step, args.p99_limit_ms)
                 print(f"sweep {mode} {target.name} {rate:.0f}/s: p50 {step['p50_ms']} ms "

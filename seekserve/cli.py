@@ -69,6 +69,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
     access.propagate = False
+    # httpx logs a line per upstream request at INFO: one per remote chat, measured ~4% of a
+    # gateway's CPU by bench/gateway_overhead.py. Failures are logged by the remote engine.
+    if settings.server.log_level != "debug":
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     warning = check_bind_safety(settings)
     if warning:
         print(f"seekserve: warning: {warning}", file=sys.stderr)
