@@ -63,7 +63,9 @@ def request_with(key: str) -> Request:
 async def test_managed_and_static_keys_both_work(client: httpx.AsyncClient) -> None:
     key = (await create_key(client))["key"]
     for k in (key, STATIC):
-        response = await client.post("/v1/chat/completions", json=chat_body(), headers=bearer(k))
+        # Thinking off: the fake engine's reply is then the answer text.
+        response = await client.post("/v1/chat/completions", headers=bearer(k),
+                                     json=chat_body(thinking={"type": "disabled"}))
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["message"]["content"] == "Hello from the fake engine."
     wrong = await client.post("/v1/chat/completions", json=chat_body(),
