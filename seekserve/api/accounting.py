@@ -285,6 +285,21 @@ class RequestAccount:
                           self.request_id, self.record.model_dump_json())
 
 
+async def accounted_response(account: RequestAccount, build: Callable[[], Response]
+                             ) -> Response:
+    """`build()`'s response, sent under `account`; if building fails (a full queue, a bad
+    request found late) the account is closed as failed and the error carries its headers."""
+    try:
+        response = build()
+    except BaseException as exc:
+        account.failed(exc)
+        await account.close()
+        if isinstance(exc, APIError):
+            exc.headers = {**account.headers(), **exc.headers}
+        raise
+    return AccountedResponse(response, account)
+
+
 class AccountedResponse(Response):
     """Sends `inner`, then closes the request's account, whatever happened while sending."""
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.requests import Request
 from starlette.responses import Response
 
-from seekserve.api.accounting import AccountedResponse, Accounting, RequestAccount
+from seekserve.api.accounting import Accounting, RequestAccount, accounted_response
 from seekserve.api.auth import Caller
 from seekserve.api.requests import read_body, validation_error
 from seekserve.api.routes import CHAT_ERRORS, ERROR_RESPONSES
@@ -27,7 +27,7 @@ from seekserve.api.schemas import (
     StreamOptions,
     Usage,
 )
-from seekserve.api.sse import DONE, PatientJSONResponse, SSEResponse, sse_event
+from seekserve.api.sse import DONE, answer_response, sse_event
 from seekserve.chat.completions import (
     MAX_COMPLETION_TOKENS,
     LegacyLogprobs,
@@ -36,7 +36,7 @@ from seekserve.chat.completions import (
 )
 from seekserve.chat.service import Delta, Finished, PreparedChat
 from seekserve.engines.base import SamplingParams
-from seekserve.errors import APIError, InvalidRequestError
+from seekserve.errors import InvalidRequestError
 from seekserve.metrics import request_context
 from seekserve.registry import Deployment
 from seekserve.services import Services
@@ -271,7 +271,8 @@ async def _serve_completion(request: Request, services: Services, deployment: De
     # From here on the request holds its limits and budget: every way out closes its account.
     account = await accounting.admit(caller=caller, chat=chat, deployment=deployment,
                                      route=request.url.path, arrived=arrived)
-    try:
+
+    def build() -> Response:
         ctx = _Rendering(
             id=request_id,
             created=int(time.time()),
@@ -281,21 +282,12 @@ async def _serve_completion(request: Request, services: Services, deployment: De
             echo=req.prompt_text() if req.echo else "",
         )
         services.chat.submit(chat)  # a full queue is a 503 here, before any response starts
-        interval = services.settings.server.keepalive_interval_s
-        response: Response
-        if req.stream:
-            response = SSEResponse(_sse_events(services, ctx, chat, account),
-                                   keepalive_s=interval, headers=account.headers())
-        else:
-            response = PatientJSONResponse(_answer(services, ctx, chat, account), interval,
-                                           headers=account.headers())
-    except BaseException as exc:
-        account.failed(exc)
-        await account.close()
-        if isinstance(exc, APIError):
-            exc.headers = {**account.headers(), **exc.headers}
-        raise
-    return AccountedResponse(response, account)
+        return answer_response(bool(req.stream), lambda: _sse_events(services, ctx, chat, account),
+                               lambda: _answer(services, ctx, chat, account),
+                               keepalive_s=services.settings.server.keepalive_interval_s,
+                               headers=account.headers())
+
+    return await accounted_response(account, build)
 
 
 def _body(ctx: _Rendering, choices: list[dict[str, Any]], **usage: dict[str, Any] | None

@@ -13,19 +13,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from seekserve.api import dialects
-from seekserve.api.accounting import AccountedResponse, Accounting, RequestAccount
+from seekserve.api.accounting import Accounting, RequestAccount, accounted_response
 from seekserve.api.auth import Caller
 from seekserve.api.requests import parse_chat_request, read_body
 from seekserve.api.schemas import ChatCompletionRequest, ErrorBody, ModelList
-from seekserve.api.sse import (
-    DONE,
-    PatientJSONResponse,
-    SSEResponse,
-    sse_event,
-)
+from seekserve.api.sse import DONE, answer_response, sse_event
 from seekserve.chat.service import Delta, Finished, PreparedChat, new_completion_id
 from seekserve.engines.remote.passthrough import RemoteChat
-from seekserve.errors import APIError
 from seekserve.metrics import request_context
 from seekserve.registry import Deployment, ServedModel
 from seekserve.services import Services
@@ -145,7 +139,8 @@ async def _serve_chat(request: Request, services: Services, deployment: Deployme
     # From here on the request holds its limits and budget: every way out closes its account.
     account = await accounting.admit(caller=caller, chat=chat, deployment=deployment,
                                      route=request.url.path, arrived=arrived)
-    try:
+
+    def build() -> Response:
         ctx = dialects.ResponseContext(
             dialect=deployment.dialect,
             id=request_id,
@@ -156,21 +151,12 @@ async def _serve_chat(request: Request, services: Services, deployment: Deployme
         )
         if isinstance(chat, PreparedChat):
             services.chat.submit(chat)  # a full queue is a 503 here, before any response starts
-        interval = services.settings.server.keepalive_interval_s
-        response: Response
-        if req.stream:
-            response = SSEResponse(_sse_events(services, ctx, chat, account),
-                                   keepalive_s=interval, headers=account.headers())
-        else:
-            response = PatientJSONResponse(_answer(services, ctx, chat, account), interval,
-                                           headers=account.headers())
-    except BaseException as exc:
-        account.failed(exc)
-        await account.close()
-        if isinstance(exc, APIError):
-            exc.headers = {**account.headers(), **exc.headers}
-        raise
-    return AccountedResponse(response, account)
+        return answer_response(bool(req.stream), lambda: _sse_events(services, ctx, chat, account),
+                               lambda: _answer(services, ctx, chat, account),
+                               keepalive_s=services.settings.server.keepalive_interval_s,
+                               headers=account.headers())
+
+    return await accounted_response(account, build)
 
 
 def _prepare_chat(services: Services, req: ChatCompletionRequest, model: ServedModel,

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -163,3 +163,12 @@ class PatientJSONResponse(Response):
             return exc.status_code, exc.body(), exc.headers
         log.error("request failed", exc_info=exc)
         return 500, internal_error().body(), {}
+
+
+def answer_response(stream: bool, events: Callable[[], AsyncGenerator[bytes, None]],
+                    answer: Callable[[], Awaitable[dict[str, Any]]], *, keepalive_s: float,
+                    headers: dict[str, str]) -> Response:
+    """The SSE stream of `events()` or the JSON of `answer()`, each kept alive while queued."""
+    if stream:
+        return SSEResponse(events(), keepalive_s=keepalive_s, headers=headers)
+    return PatientJSONResponse(answer(), keepalive_s, headers=headers)

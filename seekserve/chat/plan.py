@@ -47,11 +47,6 @@ class OutputPlan:
     def parser(self) -> OutputParser:
         return OutputParser(thinking=self.thinking.enabled, tools=self.parses_tools)
 
-    @property
-    def constrained(self) -> bool:
-        return self.thinking.enabled or self.parses_tools or self.json_schema is not None \
-            or self.tools is not None
-
 
 def plan_output(req: ChatCompletionRequest, thinking: ThinkingPlan) -> OutputPlan:
     tools = None

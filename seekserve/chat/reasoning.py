@@ -16,7 +16,7 @@ class Split:
     content: str = ""
 
 
-def _partial_tail(text: str, tag: str) -> int:
+def partial_tail(text: str, tag: str) -> int:
     """Length of the longest tail of `text` that is a proper prefix of `tag`."""
     for k in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:k]):
@@ -42,10 +42,6 @@ class ReasoningParser:
         self._pending_newlines = ""
         self.closed = False  # the thinking block was closed (by the model or by force)
 
-    @property
-    def in_reasoning(self) -> bool:
-        return self._state == "reasoning"
-
     def feed(self, text: str) -> Split:
         out = Split()
         self._buffer += text
@@ -70,7 +66,7 @@ class ReasoningParser:
                     self._state = "content"
                     self.closed = True
                     continue
-                hold = _partial_tail(self._buffer, CLOSE_TAG)
+                hold = partial_tail(self._buffer, CLOSE_TAG)
                 cut = len(self._buffer) - hold
                 self._emit_reasoning(out, self._buffer[:cut], final=False)
                 self._buffer = self._buffer[cut:]

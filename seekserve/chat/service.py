@@ -433,28 +433,11 @@ class ChatService:
         return constraint.reasoning_tokens if isinstance(constraint, SequenceConstraint) else 0
 
     async def complete(self, chat: PreparedChat) -> CompletedChat:
-        parts: list[str] = []
-        reasoning: list[str] = []
-        calls: dict[int, dict[str, Any]] = {}
-        logprobs: list[dict[str, Any]] | None = [] if chat.generation.sampling.logprobs else None
-        async with aclosing(self.stream(chat)) as items:
-            async for item in items:
-                if isinstance(item, Delta):
-                    parts.append(item.text)
-                    reasoning.append(item.reasoning)
-                    for piece in item.tool_calls or []:
-                        call = calls.setdefault(piece.index, {
-                            "id": piece.id, "type": "function",
-                            "function": {"name": piece.name or "", "arguments": ""}})
-                        call["function"]["arguments"] += piece.arguments
-                    if logprobs is not None and item.logprobs:
-                        logprobs.extend(item.logprobs)
-                else:
-                    return CompletedChat(
-                        "".join(parts), item, logprobs,
-                        reasoning_content="".join(reasoning) if chat.thinking else None,
-                        tool_calls=[calls[i] for i in sorted(calls)] or None)
-        raise EngineError("The engine ended the sequence without a finish event.")
+        result = await gather(self.stream(chat), logprobs=chat.generation.sampling.logprobs,
+                              thinking=chat.thinking)
+        if result is None:
+            raise EngineError("The engine ended the sequence without a finish event.")
+        return result
 
     @staticmethod
     def _release(pending: deque[tuple[int, int, dict[str, Any]]], emitted: int, *,
@@ -480,6 +463,39 @@ class ChatService:
         entry = describe(event.token_id, event.logprob if event.logprob is not None else 0.0)
         entry["top_logprobs"] = [describe(t.token_id, t.logprob) for t in event.top]
         return entry
+
+
+async def gather(items: AsyncGenerator[Delta | Finished, None], *, logprobs: bool,
+                 thinking: bool | None) -> CompletedChat | None:
+    """A whole answer from the items of a stream (closed when done); None if the stream ended
+    without a Finished. `thinking`: reasoning_content is a string (True), null (False), or a
+    string where any reasoning came (None: the engine decides, as an upstream does)."""
+    text: list[str] = []
+    reasoning: list[str] = []
+    entries: list[dict[str, Any]] | None = [] if logprobs else None
+    calls: dict[int, dict[str, Any]] = {}
+    async with aclosing(items):
+        async for item in items:
+            if isinstance(item, Finished):
+                joined = "".join(reasoning)
+                return CompletedChat(
+                    "".join(text), item, entries,
+                    reasoning_content=joined if thinking or (thinking is None and joined)
+                    else None,
+                    tool_calls=[calls[i] for i in sorted(calls)] or None)
+            text.append(item.text)
+            reasoning.append(item.reasoning)
+            if entries is not None and item.logprobs:
+                entries.extend(item.logprobs)
+            for piece in item.tool_calls or []:
+                call = calls.setdefault(piece.index, {
+                    "id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                if piece.id:
+                    call["id"] = piece.id
+                if piece.name:
+                    call["function"]["name"] = piece.name
+                call["function"]["arguments"] += piece.arguments
+    return None
 
 
 def _api_error(chat: PreparedChat, exc: EngineFailure) -> APIError:

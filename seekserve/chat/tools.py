@@ -19,6 +19,8 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
+from seekserve.chat.reasoning import partial_tail
+
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
 
@@ -57,13 +59,6 @@ class _Call:
     args_sent: int = 0  # characters of the arguments text already reported
 
 
-def _partial_tail(text: str, tag: str) -> int:
-    for k in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:k]):
-            return k
-    return 0
-
-
 class ToolCallParser:
     """Feed answer text; get back plain content and tool-call pieces.
 
@@ -77,10 +72,6 @@ class ToolCallParser:
         self._call: _Call | None = None
         self.calls: list[dict[str, str]] = []  # finished calls: id, name, arguments
 
-    @property
-    def count(self) -> int:
-        return len(self.calls) + (1 if self._call is not None else 0)
-
     def feed(self, text: str) -> ToolSplit:
         out = ToolSplit()
         self._buffer += text
@@ -88,7 +79,7 @@ class ToolCallParser:
             if self._call is None:
                 index = self._buffer.find(CALL_OPEN)
                 if index < 0:
-                    hold = _partial_tail(self._buffer, CALL_OPEN)
+                    hold = partial_tail(self._buffer, CALL_OPEN)
                     cut = len(self._buffer) - hold
                     if self.calls and not self._buffer[:cut].strip():
                         return out  # whitespace between or after calls is not content (yet)
@@ -106,7 +97,7 @@ class ToolCallParser:
             call = self._call
             index = self._buffer.find(CALL_CLOSE)
             if index < 0:
-                hold = _partial_tail(self._buffer, CALL_CLOSE)
+                hold = partial_tail(self._buffer, CALL_CLOSE)
                 cut = len(self._buffer) - hold
                 call.body += self._buffer[:cut]
                 self._buffer = self._buffer[cut:]

@@ -67,18 +67,27 @@ def start_server(config: dict[str, object], workdir: Path, *, api_key: str = API
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
         )
     server = Server(f"http://127.0.0.1:{port}", api_key, process, log_path)
+    wait_until_up(process, f"{server.base_url}/ready", log_path, timeout=timeout)
+    return server
+
+
+def wait_until_up(process: subprocess.Popen[bytes], url: str, log_path: Path, *,
+                  timeout: float) -> None:
+    """Poll `url` until it answers 200; the process's log is in the error if it never does."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"seekserve exited with {process.returncode}:\n{server.log()}")
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n"
+                               f"{log_path.read_text(errors='replace')}")
         try:
-            if httpx.get(f"{server.base_url}/ready", timeout=2).status_code == 200:
-                return server
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
     process.kill()
-    raise RuntimeError(f"seekserve was not ready in {timeout} s:\n{server.log()}")
+    raise RuntimeError(f"{url} did not answer in {timeout} s:\n"
+                       f"{log_path.read_text(errors='replace')}")
 
 
 def with_thinking_default(config: dict[str, object], default: str) -> dict[str, object]:

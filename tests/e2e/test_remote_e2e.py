@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,14 @@ import openai
 import pytest
 
 from tests.e2e import test_tenancy_e2e as tenancy
-from tests.e2e.conftest import API_KEY, REPO, Server, start_server, stop_server
+from tests.e2e.conftest import (
+    API_KEY,
+    REPO,
+    Server,
+    start_server,
+    stop_server,
+    wait_until_up,
+)
 from tests.e2e.test_tenancy_e2e import ADMIN, MODEL, PG, create_key, eventually, sdk
 from tests.ports import free_port
 
@@ -59,18 +65,8 @@ def start_llama_server(model: Path, workdir: Path, timeout: float = 180) -> Upst
             stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     upstream = Upstream(f"http://127.0.0.1:{port}", process, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"llama_cpp.server exited:\n{log_path.read_text()}")
-        try:
-            if httpx.get(f"{upstream.url}/v1/models", timeout=2).status_code == 200:
-                return upstream
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"llama_cpp.server was not ready:\n{log_path.read_text()}")
+    wait_until_up(process, f"{upstream.url}/v1/models", log_path, timeout=timeout)
+    return upstream
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:

@@ -29,6 +29,7 @@ from seekserve.chat.service import (
     FinishReason,
     GenerationObserver,
     Usage,
+    gather,
 )
 from seekserve.engines.base import EngineState, StartEvent
 from seekserve.engines.remote.client import ReplicaClient, sse_data
@@ -235,31 +236,11 @@ class RemoteEngine:
 
     async def complete(self, chat: RemoteChat) -> CompletedChat:
         """The whole answer, gathered from the same Deltas a stream gets."""
-        text: list[str] = []
-        reasoning: list[str] = []
-        logprobs: list[dict[str, Any]] | None = [] if chat.request.logprobs else None
-        calls: dict[int, dict[str, Any]] = {}
-        async with aclosing(self.stream(chat)) as items:
-            async for item in items:
-                if isinstance(item, Finished):
-                    return CompletedChat(
-                        "".join(text), item, logprobs,
-                        reasoning_content="".join(reasoning) or None,
-                        tool_calls=[calls[i] for i in sorted(calls)] or None)
-                text.append(item.text)
-                reasoning.append(item.reasoning)
-                if logprobs is not None and item.logprobs:
-                    logprobs.extend(item.logprobs)
-                for piece in item.tool_calls or []:
-                    call = calls.setdefault(piece.index, {
-                        "id": None, "type": "function",
-                        "function": {"name": "", "arguments": ""}})
-                    if piece.id:
-                        call["id"] = piece.id
-                    if piece.name:
-                        call["function"]["name"] = piece.name
-                    call["function"]["arguments"] += piece.arguments
-        raise UpstreamError("The upstream answer ended without finishing.")
+        result = await gather(self.stream(chat), logprobs=bool(chat.request.logprobs),
+                              thinking=None)
+        if result is None:
+            raise UpstreamError("The upstream answer ended without finishing.")
+        return result
 
     async def _relay(self, chat: RemoteChat, replica: Replica, response: httpx.Response,
                      started: float) -> AsyncGenerator[Delta | Finished, None]:
