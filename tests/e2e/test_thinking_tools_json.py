@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,6 +13,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import Server, start_server, stop_server
+from tests.e2e.test_tenancy_e2e import eventually
 
 pytestmark = pytest.mark.model
 
@@ -47,7 +49,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "engines": {"embedded": {"prefix_cache_entries": 0}},
         "models": [{"id": MODEL, "thinking": {"budgets": BUDGETS}}],
     }
-    srv = start_server(config, tmp_path_factory.mktemp("thinking"), thinking=None)
+    data_dir = tmp_path_factory.mktemp("thinking-data")
+    srv = start_server(config, tmp_path_factory.mktemp("thinking"), thinking=None,
+                       env={"SEEKSERVE_DATA_DIR": str(data_dir)})
+    srv.data_dir = data_dir  # type: ignore[attr-defined]
     yield srv
     stop_server(srv)
 
@@ -220,6 +225,38 @@ def test_a_full_tool_round_trip(client: openai.OpenAI, thinking: bool) -> None:
         with pytest.raises(openai.BadRequestError, match="reasoning_content"):
             client.chat.completions.create(model=MODEL, tools=[WEATHER], messages=messages,
                                            max_tokens=20, extra_body=extra)
+
+
+def test_a_client_leaving_a_constrained_thinking_stream_frees_it_and_leaves_a_row(
+        server: Server) -> None:
+    body = {"model": MODEL, "stream": True, "max_tokens": 400, "tools": [WEATHER],
+            "tool_choice": "required", "user_id": "leaver",
+            "thinking": {"type": "enabled", "reasoning_effort": "max"},
+            "messages": [{"role": "user", "content": "Plan a week of weather checks."}]}
+    with server.http() as http, http.stream("POST", "/v1/chat/completions",
+                                            json=body) as response:
+        lines = response.iter_lines()
+        seen = 0
+        for line in lines:
+            if line.startswith("data: {") and "reasoning_content" in line:
+                seen += 1
+                if seen == 3:
+                    break
+        assert seen == 3
+    with server.http() as http:
+        freed = eventually(lambda: http.get("/ready").json()["engines"]["embedded"][
+            "running"] == 0, within=3)
+    assert freed, "the sequence kept running after its client left"
+
+    def row() -> dict[str, Any] | None:
+        with sqlite3.connect(server.data_dir / "seekserve.db") as db:  # type: ignore[attr-defined]
+            db.row_factory = sqlite3.Row
+            found = db.execute("SELECT * FROM usage WHERE user_id = 'leaver'").fetchone()
+        return dict(found) if found else None
+
+    usage = eventually(row, within=10)
+    assert usage is not None and usage["status"] == "cancelled"
+    assert usage["completion_tokens"] >= 3
 
 
 JSON_TOPICS = ["a cat", "a city", "a book", "a car", "a planet", "a song", "a recipe",
