@@ -104,7 +104,8 @@ class ReasoningParser:
 
     def _emit_content(self, out: Split, text: str) -> None:
         if not self._content_started:
-            text = text.lstrip("\n") if self.closed or self._reasoning_started else text
+            # What follows a thinking block starts at its first visible character.
+            text = text.lstrip() if self.closed or self._reasoning_started else text
             if not text:
                 return
             self._content_started = True

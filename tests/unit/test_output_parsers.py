@@ -38,6 +38,7 @@ def reason_by_char(text: str, *, in_reasoning: bool = True) -> Split:
     ("x </thi y</think>z", "x </thi y", "z"),  # a partial tag that is not one is text
     ("</think>", "", ""),
     ("why</think>\n\n", "why", ""),
+    ("why</think> \n\n Because.", "why", "Because."),
 ])
 def test_reasoning_split(text: str, reasoning: str, content: str) -> None:
     assert reason_whole(text) == Split(reasoning, content)
