@@ -72,7 +72,11 @@ class ReplicaClient:
     async def send_chat(self, body: dict[str, Any]) -> httpx.Response:
         """POST the chat body; the response's headers are in, its body is still to be read
         (closing the response drops the connection, which cancels the upstream request)."""
-        request = self.client.build_request("POST", self.chat_path, json=body)
+        return await self.send(self.chat_path, body)
+
+    async def send(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        """POST `body` to `path` (streamed, as `send_chat`)."""
+        request = self.client.build_request("POST", path, json=body)
         return await self.client.send(request, stream=True)
 
     async def probe(self) -> bool:

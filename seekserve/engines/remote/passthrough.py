@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
@@ -33,13 +32,12 @@ from seekserve.chat.service import (
 )
 from seekserve.engines.base import EngineState, StartEvent
 from seekserve.engines.remote.client import ReplicaClient, sse_data
-from seekserve.engines.remote.health import CircuitBreaker, HealthMonitor
-from seekserve.engines.remote.router import Replica, affinity_key, choose, rendezvous_order
+from seekserve.engines.remote.pool import ReplicaPool
+from seekserve.engines.remote.router import Replica, affinity_key
 from seekserve.engines.remote.translate import (
     PROFILES,
     Piece,
     build_body,
-    error_message,
     estimate_prompt_tokens,
     parse_chunk,
     parse_completion,
@@ -47,12 +45,9 @@ from seekserve.engines.remote.translate import (
 )
 from seekserve.errors import (
     APIError,
-    InvalidRequestError,
-    RateLimitedError,
     ServiceUnavailableError,
     UpstreamError,
     UpstreamTimeoutError,
-    UpstreamUnavailableError,
 )
 from seekserve.moderation import OutputGuard
 from seekserve.registry import ServedModel
@@ -72,6 +67,26 @@ class RemoteEngineState(EngineState):
     replicas_serving: int = 0
     upstream_failures_total: int = 0
     breaker_openings_total: int = 0
+
+
+def pool_state(pool: ReplicaPool, **fields: int) -> RemoteEngineState:
+    """A remote engine's state from its replicas (and what else its protocol counts)."""
+    serving = pool.serving
+    return RemoteEngineState(
+        loaded=pool.started and serving > 0, running=pool.in_flight, queued=0,
+        kv_cells_total=0, kv_cells_used=0, replicas=len(pool.replicas), replicas_serving=serving,
+        upstream_failures_total=sum(r.failures_total for r in pool.replicas),
+        breaker_openings_total=sum(r.breaker.openings for r in pool.replicas), **fields)
+
+
+def lost_mid_answer(pool: ReplicaPool, replica: Replica, exc: BaseException) -> APIError:
+    """What the client is told when a replica's answer broke off (a lost connection, or one
+    that drain cut)."""
+    if pool.draining:
+        return ServiceUnavailableError("The server is shutting down; the answer was cut short.",
+                                       code="server_shutting_down")
+    log.warning("engine %s: replica %s failed mid-answer: %r", pool.name, replica.name, exc)
+    return UpstreamError("The connection to the upstream was lost in the middle of its answer.")
 
 
 @dataclass
@@ -97,19 +112,9 @@ class RemoteChat:
         return self.model.id
 
 
-@dataclass
-class _Refused(Exception):
-    """An upstream attempt that got no answer to relay: the error the client would get, whether
-    another attempt may help, and what it says of the replica (True fine, False failing, None
-    nothing)."""
-
-    error: APIError
-    retry: bool
-    healthy: bool | None
-
-
 class RemoteEngine:
-    """Serves chat requests from the replicas of one upstream; one per `kind: remote` engine."""
+    """Serves chat requests from the replicas of one upstream; one per `kind: remote` engine
+    with `protocol: chat`."""
 
     def __init__(self, name: str, settings: RemoteEngineSettings, *,
                  clock: Callable[[], float] = time.monotonic,
@@ -118,60 +123,29 @@ class RemoteEngine:
         self.settings = settings
         self.profile = PROFILES[settings.upstream]
         self._clock = clock
-        self.replicas = [
-            Replica(ReplicaClient(r, settings, self.profile, engine_name=name,
-                                  transport=transport),
-                    CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s,
-                                   clock=clock),
-                    settings.max_in_flight)
-            for r in settings.replicas
-        ]
-        self._monitor = HealthMonitor(self.replicas, settings.health_interval_s)
-        self._active: set[httpx.Response] = set()
-        self._idle = asyncio.Event()  # set while nothing is in flight (drain waits for it)
-        self._idle.set()
-        self._started = False
-        self._draining = False
+        self.pool = ReplicaPool(name, settings, clock=clock, transport=transport)
+
+    @property
+    def replicas(self) -> list[Replica]:
+        return self.pool.replicas
 
     @property
     def description(self) -> str:
         return f"remote {self.settings.upstream} ({len(self.replicas)} replicas)"
 
     async def start(self) -> None:
-        for replica in self.replicas:
-            replica.client.open()
-        if self.settings.health_interval_s > 0:
-            await self._monitor.check_all()  # so /ready tells the truth from the start
-        self._monitor.start()
-        self._started = True
+        await self.pool.start()
 
     async def aclose(self) -> None:
-        self._started = False
-        await self._monitor.stop()
-        for response in list(self._active):
-            await response.aclose()
-        for replica in self.replicas:
-            await replica.client.aclose()
+        await self.pool.aclose()
 
     async def drain(self, grace_s: float) -> None:
         """Take no new requests; give running ones `grace_s`, then cut them (they end with an
         in-band error)."""
-        self._draining = True
-        if self._active:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace_s)
-        for response in list(self._active):
-            await response.aclose()
+        await self.pool.drain(grace_s)
 
     def state(self) -> RemoteEngineState:
-        serving = sum(r.serving for r in self.replicas)
-        return RemoteEngineState(
-            loaded=self._started and serving > 0,
-            running=sum(r.in_flight for r in self.replicas),
-            queued=0, kv_cells_total=0, kv_cells_used=0,
-            replicas=len(self.replicas), replicas_serving=serving,
-            upstream_failures_total=sum(r.failures_total for r in self.replicas),
-            breaker_openings_total=sum(r.breaker.openings for r in self.replicas))
+        return pool_state(self.pool)
 
     def prepare(self, req: ChatCompletionRequest, model: ServedModel, *, request_id: str,
                 key_digest: bytes) -> RemoteChat:
@@ -192,14 +166,13 @@ class RemoteEngine:
     async def stream(self, chat: RemoteChat) -> AsyncGenerator[Delta | Finished, None]:
         """Deltas as the upstream sends them, then one Finished. Closing this generator (the
         client left) closes the upstream response, which cancels the upstream request."""
-        if self._draining:
-            raise ServiceUnavailableError("The server is shutting down; please retry.",
-                                          code="server_shutting_down")
         started = self._clock()
-        replica, response = await self._open(chat, deadline=started
-                                              + self.settings.total_timeout_s)
-        self._active.add(response)
-        self._idle.clear()
+
+        async def send(client: ReplicaClient) -> httpx.Response:
+            return await client.send_chat({**chat.body, "model": client.model})
+
+        replica, response = await self.pool.open(
+            chat.affinity, send, deadline=started + self.settings.total_timeout_s)
         verdict: bool | None = None
         try:
             if chat.observer is not None:
@@ -218,21 +191,9 @@ class RemoteEngine:
                 "The upstream stopped answering in the middle of its answer.") from None
         except Exception as exc:  # a lost connection, or one cut by drain
             verdict = False
-            if self._draining:
-                raise ServiceUnavailableError(
-                    "The server is shutting down; the answer was cut short.",
-                    code="server_shutting_down") from None
-            log.warning("engine %s: replica %s failed mid-answer: %r", self.name, replica.name,
-                        exc)
-            raise UpstreamError("The connection to the upstream was lost in the middle of "
-                                "its answer.") from None
+            raise lost_mid_answer(self.pool, replica, exc) from None
         finally:
-            self._active.discard(response)
-            if not self._active:
-                self._idle.set()
-            await response.aclose()
-            replica.in_flight -= 1
-            self._judge(replica, verdict)
+            await self.pool.release(replica, response, verdict)
 
     async def complete(self, chat: RemoteChat) -> CompletedChat:
         """The whole answer, gathered from the same Deltas a stream gets."""
@@ -302,110 +263,6 @@ class RemoteEngine:
         piece received (servers that stream send about one token per chunk)."""
         return Usage(prompt_tokens=chat.prompt_tokens, completion_tokens=pieces)
 
-    # ----- replicas -----
-
-    async def _open(self, chat: RemoteChat, *, deadline: float
-                    ) -> tuple[Replica, httpx.Response]:
-        """An upstream response that answered 200, from the first replica in the request's
-        order that can take it; other answers are retried (with backoff) as they allow."""
-        order = rendezvous_order(chat.affinity, self.replicas)
-        tried: set[Replica] = set()
-        last: APIError | None = None
-        for attempt in range(self.settings.retries + 1):
-            if attempt:
-                await asyncio.sleep(self._backoff(attempt))
-            if self._clock() >= deadline:
-                break
-            replica = choose(order, tried)
-            if replica is None:
-                break
-            tried.add(replica)
-            replica.in_flight += 1
-            try:
-                response = await self._attempt(replica, chat)
-            except _Refused as refused:
-                replica.in_flight -= 1
-                self._judge(replica, refused.healthy)
-                last = refused.error
-                if not refused.retry:
-                    raise refused.error from None
-                log.warning("engine %s: replica %s: %s (attempt %d)", self.name, replica.name,
-                            refused.error.message, attempt + 1)
-                continue
-            except BaseException:  # cancelled: the client left while we waited
-                replica.in_flight -= 1
-                replica.breaker.release()
-                raise
-            return replica, response
-        if last is not None:
-            raise last
-        raise UpstreamUnavailableError(
-            "No upstream replica of this model can take the request now (all unhealthy, "
-            "ejected or at their in-flight limit); please retry.",
-            headers={"Retry-After": "1"})
-
-    async def _attempt(self, replica: Replica, chat: RemoteChat) -> httpx.Response:
-        body = {**chat.body, "model": replica.client.model}
-        try:
-            response = await replica.client.send_chat(body)
-        except httpx.TimeoutException:
-            raise _Refused(UpstreamTimeoutError("The upstream did not answer in time."),
-                           retry=True, healthy=False) from None
-        except httpx.HTTPError as exc:
-            raise _Refused(UpstreamError(f"The upstream could not be reached "
-                                         f"({type(exc).__name__})."),
-                           retry=True, healthy=False) from None
-        status = response.status_code
-        if status == 200:
-            return response
-        try:
-            message = replica.client.redact(error_message(await response.aread()))
-        except httpx.HTTPError:
-            message = "(the error body could not be read)"
-        finally:
-            await response.aclose()
-        raise _refusal(status, message, response.headers)
-
-    def _judge(self, replica: Replica, healthy: bool | None) -> None:
-        if healthy is True:
-            replica.breaker.success()
-        elif healthy is False:
-            replica.failures_total += 1
-            replica.breaker.failure()
-        else:
-            replica.breaker.release()
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential, capped, with jitter (50-100%) so retries from many requests spread."""
-        ceiling: float = min(self.settings.backoff_max_s,
-                             self.settings.backoff_base_s * 2.0 ** (attempt - 1))
-        return ceiling * random.uniform(0.5, 1.0)
-
-
-def _refusal(status: int, message: str, headers: httpx.Headers) -> _Refused:
-    """What an upstream's non-200 answer means for the client and for the replica."""
-    if status == 429:
-        return _Refused(RateLimitedError(
-            f"The upstream is over its rate limit: {message}", code="upstream_rate_limited",
-            headers={"Retry-After": headers.get("retry-after", "1")}),
-            retry=True, healthy=None)
-    if status in (401, 403):
-        # Our server's credentials for the upstream are wrong; its message may quote them.
-        log.error("upstream refused this server's credentials (%d): %s", status, message)
-        return _Refused(UpstreamError(
-            "The upstream refused this server's credentials; the operator must fix them.",
-            code="upstream_auth_error"), retry=True, healthy=False)
-    if status == 404:
-        return _Refused(UpstreamError(
-            f"The upstream has no such model or route: {message}", code="upstream_not_found"),
-            retry=False, healthy=True)
-    if 400 <= status < 500:
-        return _Refused(InvalidRequestError(f"The upstream refused the request: {message}",
-                                            code="upstream_bad_request"),
-                        retry=False, healthy=True)
-    return _Refused(UpstreamError(f"The upstream failed ({status}): {message}"),
-                    retry=True, healthy=False)
-
 
 async def _read_to_end(events: AsyncGenerator[str, None]) -> None:
     """Read what follows `[DONE]` (normally just the end of the chunked body, already received)
@@ -427,6 +284,7 @@ def _json(data: str | bytes) -> Any:
 
 
 def build_remote_engines(engines: Mapping[str, EngineSettings]) -> dict[str, RemoteEngine]:
-    """A RemoteEngine for each `kind: remote` engine (nothing is opened until `start`)."""
+    """A RemoteEngine for each `kind: remote` engine of protocol `chat` (nothing is opened
+    until `start`)."""
     return {name: RemoteEngine(name, spec) for name, spec in engines.items()
-            if isinstance(spec, RemoteEngineSettings)}
+            if isinstance(spec, RemoteEngineSettings) and spec.protocol == "chat"}
