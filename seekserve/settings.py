@@ -152,6 +152,10 @@ UpstreamKind = Literal["openai", "vllm", "sglang", "llamacpp", "seekserve", "dee
                        "output_text"]
 
 
+# Upstream kinds that take token ids and a grammar (protocol `tokens`).
+TOKEN_UPSTREAMS: tuple[UpstreamKind, ...] = ("vllm", "sglang", "seekserve")
+
+
 class ReplicaSettings(_Section):
     """One upstream server of a remote engine."""
 
@@ -182,6 +186,21 @@ class RemoteEngineSettings(_Section):
         "{\"output\": {\"text\"}} envelope).")
     replicas: list[ReplicaSettings] = Field(
         ..., min_length=1, max_length=256, description="Servers that serve the same model.")
+    protocol: Literal["chat", "tokens"] = Field(
+        "chat", description="`chat`: requests are passed through to the upstream's chat "
+        "endpoint and translated. `tokens` (upstreams vllm, sglang and seekserve): seekserve "
+        "runs its own chat layer (template, thinking budget, tools, JSON mode, stop strings, "
+        "logprobs) and sends the upstream token ids and llguidance grammars (vLLM's "
+        "/v1/completions, SGLang's /generate), reading token ids back.")
+    tokenizer: Path | None = Field(
+        None, description="Protocol `tokens`: a GGUF file with the upstream model's vocabulary "
+        "and chat template (a vocab-only GGUF is enough: llama.cpp's convert_hf_to_gguf.py "
+        "--vocab-only). Unset: the default model's.")
+    chat_template: str | None = Field(
+        None, description="Protocol `tokens`: a Jinja chat template that replaces the GGUF's.")
+    max_sequence_tokens: int = Field(
+        32768, ge=64, description="Protocol `tokens`: the longest prompt + completion the "
+        "upstream takes in one sequence (its max model length).")
     default_thinking: bool | None = Field(
         None, description="Thinking mode for a request that does not choose: true or false is "
         "sent explicitly, null leaves it to the upstream's own default.")
@@ -237,6 +256,9 @@ class RemoteEngineSettings(_Section):
             raise ValueError("two replicas have the same base_url")
         if self.backoff_max_s < self.backoff_base_s:
             raise ValueError("backoff_max_s cannot be less than backoff_base_s")
+        if self.protocol == "tokens" and self.upstream not in TOKEN_UPSTREAMS:
+            raise ValueError(f"protocol `tokens` needs an upstream that generates from token "
+                             f"ids ({', '.join(TOKEN_UPSTREAMS)}), not `{self.upstream}`")
         return self
 
 

@@ -31,6 +31,10 @@ THINK_CLOSE = "\n</think>\n\n"
 # Most tool calls one answer may make under tool_choice `required` or `auto`.
 MAX_PARALLEL_CALLS = 4
 EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+# Any text: in llguidance a regex never matches a special token, so this grammar bans every
+# special token but the end of generation.
+FREE_TEXT_RULE = "/(?s:.*)/"
+FREE_TEXT = f"start: {FREE_TEXT_RULE}"
 
 
 @dataclass(frozen=True)
@@ -81,27 +85,32 @@ def build_constraint(plan: OutputPlan, req: ChatCompletionRequest, tokenizer: To
     special = open_id is not None and close_id is not None
     rule = AnswerRule()
     if plan.tools is not None and plan.tool_choice == "none":
-        rule = AnswerRule(banned=(open_id,) if open_id is not None else ())
+        rule = AnswerRule(banned=(open_id,) if open_id is not None else (),
+                          whole=FREE_TEXT if open_id is not None else None)
     elif plan.parses_tools:
         named = plan.tool_choice not in ("auto", "required")
         chosen = [s for s in specs if s.name == plan.tool_choice] if named else specs
         max_calls = 1 if named or req.parallel_tool_calls is False else MAX_PARALLEL_CALLS
         if plan.tool_choice != "auto":
-            rule = AnswerRule(mode="grammar", lark=tool_calls_rules(
-                chosen, opened=False, max_calls=max_calls, special_tags=special))
+            lark = tool_calls_rules(chosen, opened=False, max_calls=max_calls,
+                                    special_tags=special)
+            rule = AnswerRule(mode="grammar", lark=lark, whole=lark)
         elif plan.json_schema is not None:
             # JSON mode with tools offered: the answer is either calls or the JSON.
             calls = tool_calls_rules(chosen, opened=False, max_calls=max_calls,
                                      special_tags=special, start="calls")
-            rule = AnswerRule(mode="grammar", lark=(
-                f"start: calls | answer\nanswer: {_json(plan.json_schema)}\n{calls}"))
+            lark = f"start: calls | answer\nanswer: {_json(plan.json_schema)}\n{calls}"
+            rule = AnswerRule(mode="grammar", lark=lark, whole=lark)
         elif special:
             # Free text until the model opens a call; the call itself is then constrained.
+            calls = tool_calls_rules(chosen, opened=False, max_calls=max_calls,
+                                     special_tags=special, start="calls")
             rule = AnswerRule(mode="trigger", trigger=open_id, lark=tool_calls_rules(
-                chosen, opened=True, max_calls=max_calls, special_tags=special))
+                chosen, opened=True, max_calls=max_calls, special_tags=special),
+                whole=f"start: prose | prose calls\nprose: {FREE_TEXT_RULE}\n{calls}")
     elif plan.json_schema is not None:
-        rule = AnswerRule(mode="grammar", lark=_grammar(json_schema_grammar, plan.json_schema,
-                                                        param="response_format"))
+        lark = _grammar(json_schema_grammar, plan.json_schema, param="response_format")
+        rule = AnswerRule(mode="grammar", lark=lark, whole=lark)
     if rule.lark is not None:
         if compiler is None:
             raise InvalidRequestError(

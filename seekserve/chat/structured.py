@@ -22,6 +22,7 @@ import numpy.typing as npt
 
 from seekserve.chat.reasoning import CLOSE_TAG
 from seekserve.chat.tools import CALL_CLOSE, CALL_OPEN
+from seekserve.engines.base import Segment
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,10 @@ class AnswerRule:
     lark: str | None = None
     trigger: int | None = None
     banned: tuple[int, ...] = ()
+    # The whole answer as one grammar, for an engine that sends it upstream instead of masking
+    # each step: `lark` itself, the free text and the calls after the trigger, or free text
+    # (which excludes special tokens but the end) when tokens are banned.
+    whole: str | None = None
 
 
 Phase = Literal["think", "closing", "answer"]
@@ -237,6 +242,22 @@ class SequenceConstraint:
             self._thinking(token_id)
         elif self._phase == "answer":
             self._answering(token_id)
+
+    def segment(self) -> Segment:
+        if self._phase == "think":
+            assert self._think is not None
+            return Segment("think", max_tokens=self._think.budget - self._think_tokens,
+                           stop=(CLOSE_TAG,))
+        if self._phase == "closing":
+            return Segment("closing", max_tokens=0)  # its forced tokens come first
+        must_answer = self._think is not None and not self._answered and self._matcher is None
+        return Segment("answer", lark=self._answer.whole, min_tokens=1 if must_answer else 0)
+
+    def end_of_generation(self) -> bool:
+        if self._phase == "think":
+            self._begin_closing()  # as mask_logits does when the end token would win
+            return False
+        return True
 
     # -- phases ------------------------------------------------------------------------------
 

@@ -19,6 +19,22 @@ class SamplingParams:
     top_logprobs: int = 0
 
 
+@dataclass(frozen=True)
+class Segment:
+    """What an engine that cannot mask each step (a remote one, which sends a whole request
+    upstream) may let its generator produce before it must consult the constraint again:
+    `phase` names the part of the output (it changes when the constraint needs control back),
+    at most `max_tokens` (None: no cap of the constraint's own), under the Lark grammar
+    `lark` (None: free), ended early by any of `stop`, with end-of-generation banned for the
+    first `min_tokens`."""
+
+    phase: str
+    max_tokens: int | None = None
+    lark: str | None = None
+    stop: tuple[str, ...] = ()
+    min_tokens: int = 0
+
+
 class TokenConstraint(Protocol):
     """Per-sequence control over what may be generated next: forced tokens (a thinking block
     closed at its budget) and token masks (llguidance grammars). The engine asks, in order,
@@ -38,6 +54,16 @@ class TokenConstraint(Protocol):
 
     @property
     def finished(self) -> bool: ...
+
+    def segment(self) -> Segment:
+        """What may be generated next without a per-step mask (see Segment)."""
+        ...
+
+    def end_of_generation(self) -> bool:
+        """The generator ended the sequence on its own (an engine that could not mask the end
+        token): True lets it end; False means the constraint takes over (forced tokens
+        follow)."""
+        ...
 
 
 @dataclass(frozen=True)

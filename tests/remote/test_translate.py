@@ -207,6 +207,15 @@ def test_vllm_thinking_goes_to_chat_template_kwargs_with_its_effort() -> None:
     assert body["max_tokens"] == 7
 
 
+def test_sglang_gets_the_effort_at_the_top_level_too_and_vllm_does_not() -> None:
+    req = request(thinking={"type": "enabled"}, reasoning_effort="max")
+    sglang = build_body(req, PROFILES["sglang"], model="m", stream=False, user=None)
+    assert sglang["reasoning_effort"] == "max"
+    assert sglang["chat_template_kwargs"]["reasoning_effort"] == "max"
+    vllm = build_body(req, PROFILES["vllm"], model="m", stream=False, user=None)
+    assert "reasoning_effort" not in vllm
+
+
 def test_sglang_asks_for_separate_reasoning_and_disabled_thinking_drops_effort() -> None:
     body = build_body(request(thinking={"type": "disabled"}, reasoning_effort="max"),
                       PROFILES["sglang"], model="m", stream=False, user=None)

@@ -110,12 +110,14 @@ class LlamaTokenizer:
 class LlamaModel:
     """Owns the llama_model pointer; free it with close()."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, vocab_only: bool = False) -> None:
         lc.llama_backend_init()  # idempotent: sets up timers and CPU features
         lc.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
         if not path.is_file():
             raise ModelLoadError(f"model file {path} does not exist")
         params = lc.llama_model_default_params()
+        # Only the vocabulary and metadata (chat template): a tokenizer for a remote engine.
+        params.vocab_only = vocab_only
         model = lc.llama_model_load_from_file(str(path).encode(), params)
         if not model:
             raise ModelLoadError(f"llama.cpp could not load {path} (is it a GGUF model?)")

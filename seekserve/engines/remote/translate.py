@@ -55,6 +55,9 @@ class UpstreamProfile:
     prefix: PrefixStyle
     separate_reasoning: bool = False  # SGLang returns reasoning apart only when asked
     cache_salt: bool = False  # vLLM isolates its prefix cache by a per-request salt
+    # SGLang's chat handler reads DeepSeek-V4's effort from the top-level reasoning_effort
+    # (python/sglang/srt/entrypoints/openai/serving_chat.py), not the template kwargs.
+    top_level_effort: bool = False
 
 
 PROFILES: dict[UpstreamKind, UpstreamProfile] = {
@@ -69,7 +72,7 @@ PROFILES: dict[UpstreamKind, UpstreamProfile] = {
     "sglang": UpstreamProfile(
         "/v1/chat/completions", "/health", streams=True, stream_usage=True, user_field="user",
         thinking="template_kwargs", efforts=DEEPSEEK_EFFORT, reasoning_history=False,
-        prefix="continue_final_message", separate_reasoning=True),
+        prefix="continue_final_message", separate_reasoning=True, top_level_effort=True),
     # llama-cpp-python's server ignores stream_options and reports no usage in streams; a
     # non-streamed client is therefore served from a non-streamed upstream request.
     "llamacpp": UpstreamProfile(
@@ -169,7 +172,10 @@ def _thinking_fields(req: ChatCompletionRequest, profile: UpstreamProfile,
         kwargs["thinking"] = kwargs["enable_thinking"] = enabled
     if effort is not None:
         kwargs["reasoning_effort"] = effort  # DeepSeek-V4's template: high | max
-    return {"chat_template_kwargs": kwargs} if kwargs else {}
+    fields = {"chat_template_kwargs": kwargs} if kwargs else {}
+    if effort is not None and profile.top_level_effort:
+        fields["reasoning_effort"] = effort
+    return fields
 
 
 def build_body(req: ChatCompletionRequest, profile: UpstreamProfile, *, model: str,
