@@ -31,6 +31,22 @@ def _finish_fields(ctx: ResponseContext, finish: Finished) -> dict[str, Any]:
     return fields
 
 
+def _chat_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """A chat choice's `logprobs`: the entries without the token ids that the chat service
+    adds for the completions route."""
+    if entries is None:
+        return None
+    return {"content": [_without_id(entry) for entry in entries]}
+
+
+def _without_id(entry: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in entry.items() if k != "id"}
+    if "top_logprobs" in out:
+        out["top_logprobs"] = [{k: v for k, v in top.items() if k != "id"}
+                               for top in out["top_logprobs"]]
+    return out
+
+
 def completion_body(ctx: ResponseContext, result: CompletedChat) -> dict[str, Any]:
     if ctx.dialect == "output_text":
         return {"output": {"text": result.content}}
@@ -46,7 +62,7 @@ def completion_body(ctx: ResponseContext, result: CompletedChat) -> dict[str, An
     choice: dict[str, Any] = {
         "index": 0,
         "message": message,
-        "logprobs": {"content": result.logprobs} if result.logprobs is not None else None,
+        "logprobs": _chat_logprobs(result.logprobs),
         **_finish_fields(ctx, result.finish),
     }
     return {
@@ -86,7 +102,7 @@ def delta_chunk(ctx: ResponseContext, delta: Delta) -> dict[str, Any] | None:
     `output.text` envelope carries the answer text only)."""
     if ctx.dialect == "output_text":
         return {"output": {"text": delta.text}} if delta.text else None
-    logprobs = {"content": delta.logprobs} if delta.logprobs is not None else None
+    logprobs = _chat_logprobs(delta.logprobs)
     body: dict[str, Any] = {}
     if delta.reasoning:
         body["reasoning_content"] = delta.reasoning

@@ -104,6 +104,14 @@ class PreparedChat:
     # Output moderation: text is shown only once the guard releases it.
     guard: OutputGuard | None = None
     observer: GenerationObserver | None = None
+    # Token-level output (vLLM's return_token_ids): every generated token id reaches exactly
+    # one Delta, in order, each with its own logprob entry.
+    want_token_ids: bool = False
+    # A matched stop string stays at the end of the text (include_stop_str_in_output).
+    include_stop: bool = False
+    # Token ids that end the sequence once generated (stop_token_ids; the constraint ends
+    # it): their text is dropped unless include_stop, and Finished names the one that came.
+    stop_tokens: frozenset[int] = frozenset()
 
     @property
     def prompt_tokens(self) -> int:
@@ -135,12 +143,14 @@ class ToolCallDelta:
 @dataclass
 class Delta:
     """Output safe to show now: answer text, reasoning text, tool-call pieces, and the
-    log-probabilities of the tokens that produced them."""
+    log-probabilities of the tokens that produced them; with `PreparedChat.want_token_ids`,
+    the ids of the tokens generated since the last delta (their text may be held back)."""
 
     text: str = ""
     logprobs: list[dict[str, Any]] | None = None
     reasoning: str = ""
     tool_calls: list[ToolCallDelta] | None = None
+    token_ids: list[int] | None = None
 
 
 @dataclass
@@ -171,6 +181,8 @@ class Finished:
     finish_reason: FinishReason
     matched_stop: str | None
     usage: Usage
+    # The stop token id (of PreparedChat.stop_tokens) that ended the sequence.
+    stop_token: int | None = None
 
 
 @dataclass
@@ -182,6 +194,7 @@ class CompletedChat:
     logprobs: list[dict[str, Any]] | None = field(default=None)
     reasoning_content: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    token_ids: list[int] | None = None  # with PreparedChat.want_token_ids
 
 
 class ChatService:
@@ -193,7 +206,9 @@ class ChatService:
         self._templates: dict[str, ChatTemplate] = {}
         self._compilers: dict[str, GrammarCompiler | None] = {}
 
-    def _compiler(self, model: ServedModel, engine: Engine) -> GrammarCompiler | None:
+    def compiler_for(self, model: ServedModel, engine: Engine) -> GrammarCompiler | None:
+        """The grammar compiler of the model's engine (one per engine, built on first use);
+        None when its tokenizer cannot constrain."""
         if model.engine_name not in self._compilers:
             vocabulary = engine.tokenizer.grammar_vocabulary()
             self._compilers[model.engine_name] = (
@@ -262,7 +277,7 @@ class ChatService:
                 f"{len(prompt) + max_tokens} tokens ({len(prompt)} in the messages, {max_tokens} "
                 f"in max_tokens). Reduce the length of the messages or max_tokens.",
                 param="max_tokens", code="context_length_exceeded")
-        constraint = build_constraint(plan, req, engine.tokenizer, self._compiler(model, engine),
+        constraint = build_constraint(plan, req, engine.tokenizer, self.compiler_for(model, engine),
                                       max_tokens=max_tokens)
         temperature = 1.0 if req.temperature is None else req.temperature
         top_p = 1.0 if req.top_p is None else req.top_p
@@ -326,11 +341,13 @@ class ChatService:
         tokenizer = chat.engine.tokenizer
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         parser = chat.parser
-        matcher = StopMatcher(chat.stops)
+        matcher = StopMatcher(chat.stops, include_stop=chat.include_stop)
         guard = chat.guard
         reasoning_guard = OutputGuard(guard.rules) if guard is not None and chat.thinking else None
         observer = chat.observer
         want_logprobs = chat.generation.sampling.logprobs
+        want_ids = chat.want_token_ids
+        last_token: int | None = None
         # (start, end offset of the token's answer text, its logprob entry), released with
         # that text. Tokens of reasoning or markup produce no answer text and no entry.
         pending: deque[tuple[int, int, dict[str, Any]]] = deque()
@@ -370,16 +387,21 @@ class ChatService:
                         finish = event
                         break
                     generated += 1
+                    last_token = event.token_id
                     if observer is not None:
                         observer.on_token()
-                    text = decoder.decode(tokenizer.piece(event.token_id))
+                    piece = tokenizer.piece(event.token_id)
+                    if event.token_id in chat.stop_tokens and not chat.include_stop:
+                        piece = b""  # a stop token's text is not output, as vLLM's
+                    text = decoder.decode(piece)
                     parsed = parser.feed(text) if parser is not None else Parsed(content=text)
-                    if want_logprobs:
+                    entry = self._logprob_entry(tokenizer, event) if want_logprobs else None
+                    if entry is not None and not want_ids:
                         # A token of part of a character waits for the token that ends it.
-                        carried.append(self._logprob_entry(tokenizer, event))
+                        carried.append(entry)
                         if parsed.content:
                             end = produced + len(parsed.content)
-                            pending.extend((produced, end, entry) for entry in carried)
+                            pending.extend((produced, end, waiting) for waiting in carried)
                         if text:
                             carried.clear()
                     produced += len(parsed.content)
@@ -387,9 +409,14 @@ class ChatService:
                     calls += sum(1 for c in parsed.calls if c.id is not None)
                     emitted += len(delta.text)
                     ended = matcher.matched is not None or flagged()
-                    if want_logprobs:
+                    if want_ids:
+                        # Token by token, each with its own entry (vLLM's token-level output).
+                        delta.token_ids = [event.token_id]
+                        delta.logprobs = [entry] if entry is not None else None
+                    elif want_logprobs:
                         delta.logprobs = self._release(pending, emitted, partial=ended)
-                    if delta.text or delta.reasoning or delta.tool_calls or delta.logprobs:
+                    if (delta.text or delta.reasoning or delta.tool_calls or delta.logprobs
+                            or delta.token_ids):
                         yield delta
                     if ended:
                         break
@@ -407,7 +434,7 @@ class ChatService:
         delta = visible(parsed, final=True)  # what the guards still hold is released
         calls += sum(1 for c in delta.tool_calls or [] if c.id is not None)
         emitted += len(delta.text)
-        if want_logprobs:
+        if want_logprobs and not want_ids:
             delta.logprobs = self._release(pending, emitted, partial=True)
         if delta.text or delta.reasoning or delta.tool_calls or delta.logprobs:
             yield delta
@@ -425,7 +452,9 @@ class ChatService:
         if finish is None:
             raise EngineError("The engine ended the sequence without a finish event.")
         reason = _ENGINE_FINISH[finish.reason]
-        yield Finished("tool_calls" if calls and reason == "stop" else reason, None, usage)
+        stop_token = last_token if reason == "stop" and last_token in chat.stop_tokens else None
+        yield Finished("tool_calls" if calls and reason == "stop" else reason, None, usage,
+                       stop_token=stop_token)
 
     @staticmethod
     def _reasoning_tokens(chat: PreparedChat) -> int:
@@ -434,7 +463,7 @@ class ChatService:
 
     async def complete(self, chat: PreparedChat) -> CompletedChat:
         result = await gather(self.stream(chat), logprobs=chat.generation.sampling.logprobs,
-                              thinking=chat.thinking)
+                              thinking=chat.thinking, token_ids=chat.want_token_ids)
         if result is None:
             raise EngineError("The engine ended the sequence without a finish event.")
         return result
@@ -455,10 +484,13 @@ class ChatService:
 
     @staticmethod
     def _logprob_entry(tokenizer: Any, event: TokenEvent) -> dict[str, Any]:
+        """The chat shape of one token's log-probabilities, plus the token `id` (in the entry
+        and each top entry), which the chat routes leave out (`public_logprobs`)."""
+
         def describe(token_id: int, logprob: float) -> dict[str, Any]:
             piece = tokenizer.piece(token_id)
             return {"token": piece.decode("utf-8", errors="replace"), "logprob": logprob,
-                    "bytes": list(piece)}
+                    "bytes": list(piece), "id": token_id}
 
         entry = describe(event.token_id, event.logprob if event.logprob is not None else 0.0)
         entry["top_logprobs"] = [describe(t.token_id, t.logprob) for t in event.top]
@@ -466,13 +498,15 @@ class ChatService:
 
 
 async def gather(items: AsyncGenerator[Delta | Finished, None], *, logprobs: bool,
-                 thinking: bool | None) -> CompletedChat | None:
+                 thinking: bool | None, token_ids: bool = False) -> CompletedChat | None:
     """A whole answer from the items of a stream (closed when done); None if the stream ended
     without a Finished. `thinking`: reasoning_content is a string (True), null (False), or a
-    string where any reasoning came (None: the engine decides, as an upstream does)."""
+    string where any reasoning came (None: the engine decides, as an upstream does).
+    `token_ids`: the deltas' token ids, joined."""
     text: list[str] = []
     reasoning: list[str] = []
     entries: list[dict[str, Any]] | None = [] if logprobs else None
+    ids: list[int] | None = [] if token_ids else None
     calls: dict[int, dict[str, Any]] = {}
     async with aclosing(items):
         async for item in items:
@@ -482,11 +516,13 @@ async def gather(items: AsyncGenerator[Delta | Finished, None], *, logprobs: boo
                     "".join(text), item, entries,
                     reasoning_content=joined if thinking or (thinking is None and joined)
                     else None,
-                    tool_calls=[calls[i] for i in sorted(calls)] or None)
+                    tool_calls=[calls[i] for i in sorted(calls)] or None, token_ids=ids)
             text.append(item.text)
             reasoning.append(item.reasoning)
             if entries is not None and item.logprobs:
                 entries.extend(item.logprobs)
+            if ids is not None and item.token_ids:
+                ids.extend(item.token_ids)
             for piece in item.tool_calls or []:
                 call = calls.setdefault(piece.index, {
                     "id": None, "type": "function", "function": {"name": "", "arguments": ""}})

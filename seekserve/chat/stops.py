@@ -10,8 +10,11 @@ class StopMatcher:
     stop string is held back until the next feed shows whether it completes.
     """
 
-    def __init__(self, stops: list[str]) -> None:
+    def __init__(self, stops: list[str], *, include_stop: bool = False) -> None:
         self.stops = [s for s in stops if s]
+        # Keep the matched stop string at the end of the text (vLLM's
+        # include_stop_str_in_output); the text after it is cut all the same.
+        self.include_stop = include_stop
         self._buffer = ""
         self.matched: str | None = None
 
@@ -26,7 +29,7 @@ class StopMatcher:
         if hit is not None:
             index, stop = hit
             self.matched = stop
-            out = self._buffer[:index]
+            out = self._buffer[:index + (len(stop) if self.include_stop else 0)]
             self._buffer = ""
             return out
         hold = self._held_tail()

@@ -181,6 +181,11 @@ class Tokenizer(Protocol):
         ...
 
     @property
+    def vocab_size(self) -> int:
+        """How many token ids there are: every id is 0 <= id < vocab_size."""
+        ...
+
+    @property
     def bos_text(self) -> str: ...
 
     @property

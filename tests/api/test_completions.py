@@ -319,7 +319,7 @@ async def test_streamed_echo_comes_first(client: httpx.AsyncClient) -> None:
     ({"prompt": None}, "prompt", "invalid_parameter"),
     ({"prompt": [PROMPT, PROMPT]}, "prompt", "invalid_parameter"),
     ({"prompt": []}, "prompt", "invalid_parameter"),
-    ({"prompt": [1, 2, 3]}, "prompt[0]", "invalid_parameter"),
+    ({"prompt": [1, 2, 3]}, "suffix", "invalid_parameter"),  # token ids cannot be framed
     ({"suffix": 5}, "suffix", "invalid_parameter"),
     ({"n": 2}, "n", "invalid_parameter"),
     ({"best_of": 3}, "best_of", "invalid_parameter"),

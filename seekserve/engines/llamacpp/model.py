@@ -95,6 +95,10 @@ class LlamaTokenizer:
         return self._piece(token_id).decode("utf-8", errors="replace")
 
     @property
+    def vocab_size(self) -> int:
+        return self.n_vocab
+
+    @property
     def bos_text(self) -> str:
         return self._text(self._bos)
 
