@@ -139,7 +139,7 @@ async def test_a_thinking_budget_is_forced_between_two_segments(gguf: Path) -> N
     assert text_of(engine, events).endswith("</think>\n\nHello!")
     finish = events[-1]
     assert (finish.reason, finish.prompt_tokens, finish.completion_tokens, finish.cached_tokens) \
-        == ("eos", len(req.prompt), 6 + len(close) + len(answer), 3)
+        == ("eos", len(req.prompt), 6 + len(close) + len(answer) + 1, 3)  # + the end token
     assert req.constraint.reasoning_tokens == 6 + len(close)
 
 
@@ -265,7 +265,7 @@ async def test_recorded_streams_read_back_as_token_events(gguf: Path, upstream: 
     assert isinstance(finish, FinishEvent)
     cached = 16 if upstream == "vllm" else fixture["chunks"][-1]["meta_info"]["cached_tokens"]
     assert (finish.reason, finish.prompt_tokens, finish.completion_tokens,
-            finish.cached_tokens) == ("eos", len(prompt), 7, cached)
+            finish.cached_tokens) == ("eos", len(prompt), 8, cached)  # the end token counts
 
 
 async def test_sglang_gets_an_abort_for_a_segment_we_cut(gguf: Path) -> None:

@@ -66,6 +66,7 @@ class Step:
     finish: SegmentEnd | None = None
     prompt_tokens: int | None = None
     cached_tokens: int | None = None
+    completion_tokens: int | None = None  # the whole answer's, with its usage
     error: str | None = None
 
 
@@ -149,6 +150,7 @@ class VllmDialect:
             usage = data.get("usage")
             if usage:
                 step.prompt_tokens = usage.get("prompt_tokens")
+                step.completion_tokens = usage.get("completion_tokens")
                 details = usage.get("prompt_tokens_details") or {}
                 step.cached_tokens = details.get("cached_tokens") or 0
             return step
@@ -262,6 +264,7 @@ class SglangDialect:
                     detail = reason.get("message", "") if isinstance(reason, dict) else ""
                     raise UpstreamError(f"The upstream ended the sequence ({kind}): {detail}")
                 step.prompt_tokens = meta.get("prompt_tokens")
+                step.completion_tokens = meta.get("completion_tokens")
                 step.cached_tokens = meta.get("cached_tokens") or 0
             return step
 
@@ -363,6 +366,9 @@ class RemoteTokenEngine:
         # send one user to the same replica (and the same upstream cache partition).
         affinity = request.cache_salt or request.request_id.encode()
         generated: list[int] = []
+        # Tokens generated but not output: end tokens (counted, as the embedded engine and
+        # vLLM count them, in completion_tokens).
+        unseen = 0
         cached: int | None = None
         finish: FinishReason | None = None
         yield StartEvent(cached_tokens=0, queued_s=0.0)
@@ -387,13 +393,16 @@ class RemoteTokenEngine:
             end: SegmentEnd | None = None
             cut = False
             before = len(generated)
+            received = 0
             async with aclosing(self._segment(call, affinity, deadline)) as steps:
                 async for step in steps:
                     if cached is None and step.cached_tokens is not None:
                         cached = step.cached_tokens
                     for event in step.tokens:
+                        received += 1
                         if tokenizer.is_end_of_generation(event.token_id):
                             end = "eos"  # vLLM lists the end token; it is never output
+                            unseen += 1
                             continue
                         generated.append(event.token_id)
                         yield event
@@ -407,6 +416,9 @@ class RemoteTokenEngine:
                             cut = True
                             break
                     end = step.finish or end
+                    if step.completion_tokens is not None and not cut:
+                        # An upstream that does not list its end token still counts it.
+                        unseen += max(0, step.completion_tokens - received)
                     if cut:
                         if end is not None:  # it ended here anyway: read on for its usage
                             cached = await _cached_after(steps, cached)
@@ -429,7 +441,7 @@ class RemoteTokenEngine:
         cached = min(cached or 0, prompt_tokens)
         self._prompt_tokens_total += prompt_tokens
         self._cache_hit_tokens_total += cached
-        yield FinishEvent(finish, prompt_tokens, len(generated), cached_tokens=cached,
+        yield FinishEvent(finish, prompt_tokens, len(generated) + unseen, cached_tokens=cached,
                           queued_s=0.0)
 
     async def _segment(self, call: SegmentCall, affinity: bytes, deadline: float
