@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from seekserve.app import default_model_path
 from seekserve.engines.remote.passthrough import build_remote_engines
-from seekserve.settings import RemoteEngineSettings, Settings, SettingsError
+from seekserve.engines.remote.tokens import RemoteTokenEngine
+from seekserve.settings import RemoteEngineSettings, Settings, SettingsError, default_data_dir
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -38,3 +40,19 @@ def test_a_missing_credential_is_a_settings_error(monkeypatch: pytest.MonkeyPatc
     settings = Settings.load(EXAMPLES / "remote-vllm.yaml")
     with pytest.raises(SettingsError, match=r"\$VLLM_API_KEY, which is not set"):
         build_remote_engines(settings.engines)
+
+
+def test_the_token_protocol_example_loads_and_builds_its_engine(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_API_KEY", "sk-example")
+    settings = Settings.load(EXAMPLES / "remote-tokens.yaml")
+    spec = settings.engines["v4-tokens"]
+    assert isinstance(spec, RemoteEngineSettings)
+    assert (spec.protocol, spec.upstream, spec.max_sequence_tokens) == ("tokens", "vllm", 393216)
+    assert build_remote_engines(settings.engines) == {}  # a token engine, not a pass-through
+    # Built as the app builds it, with the default model's vocabulary in place of the example's
+    # (absent here) V4 vocabulary file.
+    engine = RemoteTokenEngine("v4-tokens", spec.model_copy(update={"tokenizer": None}),
+                               default_model_path(default_data_dir(), progress=False))
+    assert [r.client.model for r in engine.pool.replicas] == ["deepseek-ai/DeepSeek-V4-Pro"] * 2
+    assert engine.max_sequence_tokens == 393216 and engine.chat_template
