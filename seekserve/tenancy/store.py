@@ -9,6 +9,8 @@ a transaction-scoped advisory lock, so replicas starting together upgrade one af
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -102,6 +104,25 @@ def _upgrade_to_head(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
+def _use_wal(cursor: Any) -> None:
+    """Put the file in WAL mode (it stays so). Switching needs the file to itself, and SQLite
+    may answer "database is locked" at once, without its busy handler, while another process
+    opens it (replicas starting together: a fresh-clone test run saw it under load), so a new
+    file is retried for up to `_SQLITE_BUSY_TIMEOUT_MS`."""
+    cursor.execute("PRAGMA journal_mode")
+    if str(cursor.fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + _SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)  # connecting, once per connection of a new file
+
+
 def _install_sqlite_transactions(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -109,7 +130,7 @@ def _install_sqlite_transactions(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cursor)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
