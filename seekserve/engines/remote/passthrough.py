@@ -44,8 +44,6 @@ from seekserve.engines.remote.translate import (
     upstream_user,
 )
 from seekserve.errors import (
-    APIError,
-    ServiceUnavailableError,
     UpstreamError,
     UpstreamTimeoutError,
 )
@@ -77,16 +75,6 @@ def pool_state(pool: ReplicaPool, **fields: int) -> RemoteEngineState:
         kv_cells_total=0, kv_cells_used=0, replicas=len(pool.replicas), replicas_serving=serving,
         upstream_failures_total=sum(r.failures_total for r in pool.replicas),
         breaker_openings_total=sum(r.breaker.openings for r in pool.replicas), **fields)
-
-
-def lost_mid_answer(pool: ReplicaPool, replica: Replica, exc: BaseException) -> APIError:
-    """What the client is told when a replica's answer broke off (a lost connection, or one
-    that drain cut)."""
-    if pool.draining:
-        return ServiceUnavailableError("The server is shutting down; the answer was cut short.",
-                                       code="server_shutting_down")
-    log.warning("engine %s: replica %s failed mid-answer: %r", pool.name, replica.name, exc)
-    return UpstreamError("The connection to the upstream was lost in the middle of its answer.")
 
 
 @dataclass
@@ -173,27 +161,13 @@ class RemoteEngine:
 
         replica, response = await self.pool.open(
             chat.affinity, send, deadline=started + self.settings.total_timeout_s)
-        verdict: bool | None = None
-        try:
+        async with self.pool.answering(replica, response):
             if chat.observer is not None:
                 chat.observer.on_start(StartEvent(cached_tokens=0,
                                                   queued_s=self._clock() - started))
             async with aclosing(self._relay(chat, replica, response, started)) as items:
                 async for item in items:
                     yield item
-            verdict = True
-        except APIError:
-            verdict = False
-            raise
-        except httpx.TimeoutException:
-            verdict = False
-            raise UpstreamTimeoutError(
-                "The upstream stopped answering in the middle of its answer.") from None
-        except Exception as exc:  # a lost connection, or one cut by drain
-            verdict = False
-            raise lost_mid_answer(self.pool, replica, exc) from None
-        finally:
-            await self.pool.release(replica, response, verdict)
 
     async def complete(self, chat: RemoteChat) -> CompletedChat:
         """The whole answer, gathered from the same Deltas a stream gets."""

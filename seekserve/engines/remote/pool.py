@@ -9,7 +9,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -164,6 +165,44 @@ class ReplicaPool:
         finally:
             replica.in_flight -= 1
             self.judge(replica, healthy)
+
+    @asynccontextmanager
+    async def answering(self, replica: Replica, response: httpx.Response, *,
+                        on_cut: Callable[[], Awaitable[None]] | None = None
+                        ) -> AsyncIterator[None]:
+        """While `response` is read: its failures become the client's errors, a reader that
+        stops early (GeneratorExit: the client left, or we ended it) runs `on_cut`, and at the
+        end the response is released with the verdict it earned."""
+        verdict: bool | None = None
+        try:
+            yield
+            verdict = True
+        except APIError:
+            verdict = False
+            raise
+        except httpx.TimeoutException:
+            verdict = False
+            raise UpstreamTimeoutError(
+                "The upstream stopped answering in the middle of its answer.") from None
+        except GeneratorExit:
+            if on_cut is not None:
+                await on_cut()
+            raise
+        except Exception as exc:  # a lost connection, or one cut by drain
+            verdict = False
+            raise self._lost(replica, exc) from None
+        finally:
+            await self.release(replica, response, verdict)
+
+    def _lost(self, replica: Replica, exc: BaseException) -> APIError:
+        """What the client is told when a replica's answer broke off."""
+        if self.draining:
+            return ServiceUnavailableError(
+                "The server is shutting down; the answer was cut short.",
+                code="server_shutting_down")
+        log.warning("engine %s: replica %s failed mid-answer: %r", self.name, replica.name, exc)
+        return UpstreamError(
+            "The connection to the upstream was lost in the middle of its answer.")
 
     async def _attempt(self, replica: Replica, send: Send) -> httpx.Response:
         try:

@@ -43,9 +43,9 @@ from seekserve.engines.base import (
 )
 from seekserve.engines.llamacpp.model import LlamaModel
 from seekserve.engines.remote.client import ReplicaClient, sse_data
-from seekserve.engines.remote.passthrough import RemoteEngineState, lost_mid_answer, pool_state
+from seekserve.engines.remote.passthrough import RemoteEngineState, pool_state
 from seekserve.engines.remote.pool import ReplicaPool
-from seekserve.errors import APIError, UpstreamError, UpstreamTimeoutError
+from seekserve.errors import UpstreamError, UpstreamTimeoutError
 from seekserve.settings import RemoteEngineSettings, UpstreamKind
 
 log = logging.getLogger(__name__)
@@ -454,31 +454,15 @@ class RemoteTokenEngine:
             return await client.send(dialect.path, dialect.body(call, client.model))
 
         replica, response = await self.pool.open(affinity, send, deadline=deadline)
-        verdict: bool | None = None
-        try:
+        # Ended early (the constraint took over, or the client left): tell SGLang too.
+        async with self.pool.answering(
+                replica, response, on_cut=lambda: self._abort(replica.client, dialect, call)):
             async with aclosing(self._steps(response, dialect, deadline)) as steps:
                 async for step in steps:
                     if step.error is not None:
                         raise UpstreamError("The upstream failed during its answer: "
                                             + replica.client.redact(step.error))
                     yield step
-            verdict = True
-        except APIError:
-            verdict = False
-            raise
-        except httpx.TimeoutException:
-            verdict = False
-            raise UpstreamTimeoutError(
-                "The upstream stopped answering in the middle of its answer.") from None
-        except GeneratorExit:
-            verdict = None  # we ended it (the constraint took over, or the client left)
-            await self._abort(replica.client, dialect, call)
-            raise
-        except Exception as exc:
-            verdict = False
-            raise lost_mid_answer(self.pool, replica, exc) from None
-        finally:
-            await self.pool.release(replica, response, verdict)
 
     @staticmethod
     async def _abort(client: ReplicaClient, dialect: Dialect, call: SegmentCall) -> None:
