@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -126,3 +128,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def client(server: Server) -> openai.OpenAI:
     return server.client()
+
+
+def usage_row(data_dir: Path, user_id: str) -> dict[str, Any] | None:
+    """The usage row of `user_id` in a server's own SQLite ledger, if it is written yet."""
+    with sqlite3.connect(data_dir / "seekserve.db") as db:
+        db.row_factory = sqlite3.Row
+        found = db.execute("SELECT * FROM usage WHERE user_id = ?", (user_id,)).fetchone()
+    return dict(found) if found else None

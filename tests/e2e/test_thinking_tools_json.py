@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,7 +11,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.e2e.conftest import Server, start_server, stop_server
+from tests.e2e.conftest import Server, start_server, stop_server, usage_row
 from tests.e2e.test_tenancy_e2e import eventually
 
 pytestmark = pytest.mark.model
@@ -248,13 +247,7 @@ def test_a_client_leaving_a_constrained_thinking_stream_frees_it_and_leaves_a_ro
             "running"] == 0, within=3)
     assert freed, "the sequence kept running after its client left"
 
-    def row() -> dict[str, Any] | None:
-        with sqlite3.connect(server.data_dir / "seekserve.db") as db:  # type: ignore[attr-defined]
-            db.row_factory = sqlite3.Row
-            found = db.execute("SELECT * FROM usage WHERE user_id = 'leaver'").fetchone()
-        return dict(found) if found else None
-
-    usage = eventually(row, within=10)
+    usage = eventually(lambda: usage_row(server.data_dir, "leaver"), within=10)
     assert usage is not None and usage["status"] == "cancelled"
     assert usage["completion_tokens"] >= 3
 

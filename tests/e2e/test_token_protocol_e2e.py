@@ -6,7 +6,6 @@ through the openai SDK against what the upstream's own embedded chat answers."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import jsonschema
 import openai
 import pytest
 
-from tests.e2e.conftest import API_KEY, Server, start_server, stop_server
+from tests.e2e.conftest import API_KEY, Server, start_server, stop_server, usage_row
 from tests.e2e.test_tenancy_e2e import eventually
 from tests.e2e.test_tenancy_e2e import model_path as model_path  # the fixture
 from tests.e2e.test_thinking_tools_json import CITIES, WEATHER, WEATHER_PARAMS
@@ -167,12 +166,6 @@ def test_a_client_leaving_a_stream_stops_the_upstream_and_leaves_a_row(pair: Pai
             "running"] == 0, within=3)
     assert freed, "the upstream kept generating after the gateway's client left"
 
-    def row() -> dict[str, Any] | None:
-        with sqlite3.connect(pair.gateway_data / "seekserve.db") as db:
-            db.row_factory = sqlite3.Row
-            found = db.execute("SELECT * FROM usage WHERE user_id = 'leaver'").fetchone()
-        return dict(found) if found else None
-
-    usage = eventually(row, within=10)
+    usage = eventually(lambda: usage_row(pair.gateway_data, "leaver"), within=10)
     assert usage is not None and usage["status"] == "cancelled"
     assert usage["completion_tokens"] >= 3
