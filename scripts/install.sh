@@ -4,12 +4,16 @@
 #   1. .venv with python3 >= 3.11 (PYTHON=/path/to/python overrides the choice), pip upgraded
 #      when the venv is created;
 #   2. llama-cpp-python, built ONCE per (version, CMAKE_ARGS) from source with flags picked for
-#      this CPU by scripts/llama_cmake_args.sh, into
+#      this machine by scripts/llama_cmake_args.sh (CUDA when the CUDA toolkit and a GPU are
+#      present, else the CPU; SEEKSERVE_LLAMA_BACKEND=cpu|cuda overrides), into
 #      ${XDG_CACHE_HOME:-~/.cache}/seekserve/wheels/llama-cpp-python-<ver>-<sha256(args)[:12]>/.
 #      pip caches builds by version only and would happily reuse one made with other flags, so
 #      the build never goes through pip's cache (--no-cache-dir) and never takes a prebuilt
 #      wheel (--no-binary);
-#   3. seekserve itself, editable, with the "embedded" extra (plus [extra], e.g. "test");
+#   3. seekserve itself, editable, with the "embedded" extra (plus [extra], e.g. "test"), every
+#      dependency at the version CI tested: requirements/lock.txt (lock-test.txt with "test")
+#      as pip constraints. SEEKSERVE_NO_LOCK=1 resolves the newest versions pyproject.toml
+#      allows instead; scripts/lock.sh updates the locks;
 #   4. the default model, assembled into the data dir (`seekserve model pull`).
 #
 # Every step is skipped when already done, so a second run takes a second or two.
@@ -68,8 +72,23 @@ sha256_hex() { # of stdin
         'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())'
 }
 
-# --- 2. llama-cpp-python, built for this CPU ------------------------------------------------------
-cmake_args="$(bash scripts/llama_cmake_args.sh)"
+# The tested versions, as constraints for every install below.
+lock=requirements/lock.txt
+[[ -z "$extra" ]] || lock="requirements/lock-${extra//,/-}.txt"
+constraints=()
+if [[ "${SEEKSERVE_NO_LOCK:-}" == 1 ]]; then
+    lock=""
+elif [[ -f "$lock" ]]; then
+    constraints=(-c "$lock")
+else
+    echo "install.sh: warning: no $lock; installing the newest versions pyproject.toml allows" >&2
+    lock=""
+fi
+
+# --- 2. llama-cpp-python, built for this machine --------------------------------------------------
+cmake_args="$(bash scripts/llama_cmake_args.sh)" || die "no CMake arguments for llama.cpp (above)"
+backend=cpu
+[[ "$cmake_args" == *"-DGGML_CUDA=ON"* ]] && backend=cuda
 key="$(printf '%s' "$cmake_args" | sha256_hex | cut -c1-12)"
 wheel_id="llama-cpp-python-$LLAMA_VERSION-$key"
 wheel_dir="${XDG_CACHE_HOME:-$HOME/.cache}/seekserve/wheels/$wheel_id"
@@ -79,7 +98,7 @@ installed_llama="$(.venv/bin/python -c \
     'import importlib.metadata as m; print(m.version("llama-cpp-python"))' 2>/dev/null || true)"
 recorded="$(cat "$record" 2>/dev/null || true)"
 if [[ "$installed_llama" == "$LLAMA_VERSION" && "$recorded" == "$wheel_id" ]]; then
-    echo "llama-cpp-python $LLAMA_VERSION already installed ($wheel_id)"
+    echo "llama-cpp-python $LLAMA_VERSION already installed ($wheel_id, $backend)"
 else
     find_wheel() {
         local matches=("$wheel_dir"/llama_cpp_python-"$LLAMA_VERSION"-*.whl)
@@ -107,8 +126,9 @@ else
             die "building llama-cpp-python needs a C/C++ compiler (Debian/Ubuntu:" \
                 "apt-get install build-essential; macOS: xcode-select --install)"
         jobs="$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)"
-        echo "Building llama-cpp-python $LLAMA_VERSION from source for this CPU with $jobs jobs."
-        echo "This takes ~10 minutes the first time; the wheel is kept in $wheel_dir"
+        echo "Building llama-cpp-python $LLAMA_VERSION from source for $backend with $jobs jobs."
+        echo "This takes ~10 minutes the first time (longer with CUDA on few cores); the wheel" \
+            "is kept in $wheel_dir"
         echo "CMAKE_ARGS=$cmake_args"
         tmp="$(mktemp -d "$wheel_dir.tmp.XXXXXX")"
         trap 'rm -rf "$tmp"' EXIT
@@ -122,20 +142,21 @@ else
         trap - EXIT
         wheel="$(find_wheel)"
     fi
-    echo "Installing $(basename "$wheel") ($wheel_id)"
+    echo "Installing $(basename "$wheel") ($wheel_id, $backend)"
     # --force-reinstall: the same version built with other flags may be installed already.
     .venv/bin/python -m pip install --quiet --no-deps --force-reinstall "$wheel"
-    .venv/bin/python -m pip install --quiet "$wheel" # its dependencies
+    .venv/bin/python -m pip install --quiet ${constraints[@]+"${constraints[@]}"} "$wheel" # its dependencies
     echo "$wheel_id" >"$record"
 fi
 
 # --- 3. seekserve -------------------------------------------------------------------------------
 extras="embedded${extra:+,$extra}"
 stamp=".venv/.seekserve-install-${extras//,/-}"
-want="$(sha256_hex <pyproject.toml)"
+want="$(cat pyproject.toml ${lock:+"$lock"} | sha256_hex)"
 if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" || ! -x .venv/bin/seekserve ]]; then
-    echo "Installing seekserve[$extras] (editable)"
-    .venv/bin/python -m pip install --quiet --find-links "$wheel_dir" -e ".[$extras]"
+    echo "Installing seekserve[$extras] (editable${lock:+, versions from $lock})"
+    .venv/bin/python -m pip install --quiet --find-links "$wheel_dir" ${constraints[@]+"${constraints[@]}"} \
+        -e ".[$extras]"
     echo "$want" >"$stamp"
 else
     echo "seekserve[$extras] already installed"

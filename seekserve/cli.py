@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +30,39 @@ def _load_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _banner(settings: Settings) -> str:
+def key_sources(settings: Settings, managed_keys: int) -> list[str]:
+    """The configured ways in, each of which makes keys required on every API request."""
+    sources = []
+    if settings.api_keys:
+        count = len(settings.api_keys)
+        sources.append(f"{count} static key{'s' if count != 1 else ''} (SEEKSERVE_API_KEYS)")
+    if managed_keys:
+        sources.append(f"{managed_keys} managed key{'s' if managed_keys != 1 else ''} in the "
+                       "store (`seekserve keys list`)")
+    if settings.admin_key is not None:
+        sources.append("the admin key (SEEKSERVE_ADMIN_KEY)")
+    return sources
+
+
+def _banner(settings: Settings, managed_keys: int = 0,
+            engines: Mapping[str, str] | None = None) -> str:
+    """What `serve` prints once it is ready: models, the key sources, and the token engines'
+    descriptions by name (the embedded one names its device and backend)."""
     host = settings.server.host
     shown = f"[{host}]" if ":" in host else host
     base = f"http://{shown}:{settings.server.port}"
     models = [name for m in settings.models for name in (m.id, *m.aliases)]
-    auth = " -H 'Authorization: Bearer $SEEKSERVE_API_KEY'" if settings.api_keys else ""
+    sources = key_sources(settings, managed_keys)
+    auth = " -H 'Authorization: Bearer $SEEKSERVE_API_KEY'" if sources else ""
     body = json.dumps({"model": models[0] if models else "deepseek-v4-pro",
                        "messages": [{"role": "user", "content": "Hello!"}]})
     lines = [
         f"seekserve is ready at {base}/v1",
         f"  models: {', '.join(models)}",
+        "  keys required: " + "; ".join(sources) if sources
+        else "  keys: none required (open to local processes)",
     ]
+    lines.extend(f"  engine {name}: {what}" for name, what in (engines or {}).items())
     for dep in settings.deployments:
         if dep.endpoint_path:
             lines.append(f"  {dep.dialect} shape: POST {base}/v1/ai/{dep.endpoint_path}"
@@ -55,10 +77,12 @@ def _banner(settings: Settings) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from seekserve.app import check_bind_safety, create_app, resolve_model_path
-    from seekserve.server import DrainingServer
+    from seekserve.http_protocol import BoundedConfig
+    from seekserve.server import DrainingServer, request_bounds
+    from seekserve.tenancy.service import count_managed_keys
 
     settings = _load_settings(args)
     logging.basicConfig(level=settings.server.log_level.upper(),
@@ -73,18 +97,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # gateway's CPU by bench/gateway_overhead.py. Failures are logged by the remote engine.
     if settings.server.log_level != "debug":
         logging.getLogger("httpx").setLevel(logging.WARNING)
-    warning = check_bind_safety(settings)
+    try:
+        managed_keys = asyncio.run(count_managed_keys(settings))
+    except (OSError, SQLAlchemyError) as exc:
+        raise SettingsError(f"the key store cannot be read: {exc}") from None
+    warning = check_bind_safety(settings, managed_keys)
     if warning:
         print(f"seekserve: warning: {warning}", file=sys.stderr)
     # Assemble the default model up front, so its progress bar shows before the server starts.
     for spec in settings.engines.values():
         if isinstance(spec, LlamaCppEngineSettings):
             resolve_model_path(spec, settings.data_dir)
-    app = create_app(settings, on_ready=lambda: print(_banner(settings), flush=True))
+    def ready() -> None:
+        engines = {name: e.description for name, e in app.state.services.engines.items()}
+        print(_banner(settings, managed_keys, engines), flush=True)
+
+    app = create_app(settings, on_ready=ready)
     grace = settings.server.shutdown_grace_s
-    config = uvicorn.Config(app, host=settings.server.host, port=settings.server.port,
-                            log_level=settings.server.log_level, access_log=False,
-                            timeout_graceful_shutdown=math.ceil(grace) + 5)
+    config = BoundedConfig(app, bounds=request_bounds(settings.server),
+                           host=settings.server.host, port=settings.server.port,
+                           log_level=settings.server.log_level, access_log=False,
+                           timeout_graceful_shutdown=math.ceil(grace) + 5)
     server = DrainingServer(config, drain=lambda: app.state.services.drain(grace))
     server.run()
     return 0

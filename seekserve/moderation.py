@@ -14,7 +14,7 @@ from typing import Protocol
 
 import httpx
 
-from seekserve.errors import ContentFilterError, ServiceUnavailableError
+from seekserve.protocol.errors import ContentFilterError, ServiceUnavailableError
 from seekserve.settings import ClassifierSettings, ModerationRuleSettings, ModerationSettings
 
 log = logging.getLogger(__name__)

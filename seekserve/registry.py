@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from seekserve.errors import ModelNotFoundError, NotFoundError
-from seekserve.settings import Dialect, Settings, ThinkingSettings
+from seekserve.protocol.chat_dialects import Dialect
+from seekserve.protocol.errors import ModelNotFoundError, NotFoundError
+from seekserve.settings import Settings, ThinkingSettings
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from pydantic import (
 from pydantic import model_validator as _model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
+from seekserve.protocol.chat_dialects import Dialect
+
 DEFAULT_MODEL_ID = "deepseek-v4-pro"
 DEFAULT_MODEL_ALIASES = ("MaaS_Deepseek_V4_pro_20260424",)
-
-Dialect = Literal["openai", "maas", "output_text"]
 
 
 class SettingsError(Exception):
@@ -57,10 +57,25 @@ class ServerSettings(_Section):
         30.0, ge=0, description="On shutdown, running requests get this long to finish; what "
         "is still running then ends with an in-band error."
     )
+    max_in_flight: int = Field(
+        1024, ge=1, description="Most requests this process serves at once (chat, completions "
+        "and every other generating route, streams until they end); one more is refused at once "
+        "with 503 server_overloaded and Retry-After, before its body is read.")
     cache_secret: SecretStr | None = Field(
         None, description="HMAC key that derives prefix-cache isolation salts from the API key "
         "and user_id (default: random per process, which is enough for an in-process cache)."
     )
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="A request line and headers must arrive within this "
+        "of the connection opening (or of the request's first byte on a kept-alive "
+        "connection); otherwise a 408 and the connection closes (slow clients cannot hold "
+        "sockets open).")
+    body_timeout_s: float = Field(
+        60.0, gt=0, le=86400, description="A request body must arrive within this of its "
+        "headers; otherwise a 408 and the connection closes.")
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest request line and "
+        "headers together; a larger head is a 431 and the connection closes.")
 
     def is_loopback(self) -> bool:
         if self.host == "localhost":
@@ -135,6 +150,19 @@ class LlamaCppEngineSettings(_Section):
     chat_template: str | None = Field(
         None, description="A Jinja chat template that replaces the one in the GGUF file."
     )
+    gpu_layers: int | None = Field(
+        None, ge=0, description="Layers offloaded to the GPU (default: all of them when "
+        "llama.cpp was built with a GPU backend, none otherwise; 0 keeps the model on the CPU). "
+        "/ready and the start banner say where they went."
+    )
+    main_gpu: int = Field(
+        0, ge=0, description="The GPU, counted among the GPUs llama.cpp lists (CUDA0 is 0), "
+        "that holds the model with split_mode none, or its scratch buffers with layer."
+    )
+    split_mode: Literal["none", "layer", "row"] = Field(
+        "layer", description="With several GPUs: none keeps the model on main_gpu, layer "
+        "spreads the layers across them, row splits each matrix across them."
+    )
 
     @_model_validator(mode="after")
     def _batch_holds_a_step(self) -> LlamaCppEngineSettings:
@@ -149,7 +177,7 @@ class LlamaCppEngineSettings(_Section):
 
 
 UpstreamKind = Literal["openai", "vllm", "sglang", "llamacpp", "seekserve", "deepseek", "maas",
-                       "output_text"]
+                       "output_text", "anthropic"]
 
 
 # Upstream kinds that take token ids and a grammar (protocol `tokens`).
@@ -464,6 +492,31 @@ class FileSettings(_Section):
         None, ge=1, description="Most files one API key may keep; unset means no limit.")
 
 
+class ConsoleSettings(_Section):
+    """The web console at /console (playground, keys, usage, engines)."""
+
+    enabled: bool = Field(True, description="Serve the console at /console (and redirect a "
+                          "browser's GET / there); false answers 404 on those paths.")
+
+
+class AnthropicSettings(_Section):
+    """The Anthropic Messages API (`/anthropic/v1/messages`, `/v1/messages`)."""
+
+    model_map: dict[str, str] | None = Field(
+        None, description="Requested model name prefix -> served model id (or alias), for "
+        "names that are not served models; the longest matching prefix wins. Unset means "
+        "DeepSeek's table: `claude-opus` -> the first model, other `claude` names -> the "
+        "second model if there is one, else the first.")
+
+    def model_table(self, model_ids: list[str]) -> dict[str, str]:
+        """The prefix table in force, given the served model ids in configured order."""
+        if self.model_map is not None:
+            return dict(self.model_map)
+        if not model_ids:
+            return {}
+        return {"claude-opus": model_ids[0], "claude": model_ids[min(1, len(model_ids) - 1)]}
+
+
 class Settings(BaseSettings):
     """Everything the server is configured with; `Settings.load` reads file + environment."""
 
@@ -489,6 +542,8 @@ class Settings(BaseSettings):
     ratelimit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     moderation: ModerationSettings = Field(default_factory=ModerationSettings)
     files: FileSettings = Field(default_factory=FileSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -527,6 +582,10 @@ class Settings(BaseSettings):
             for name in dep.models or []:
                 if name not in seen:
                     raise ValueError(f"deployment {dep.name!r} names unknown model {name!r}")
+        for prefix, name in (self.anthropic.model_map or {}).items():
+            if name not in seen:
+                raise ValueError(f"anthropic.model_map maps {prefix!r} to unknown model "
+                                 f"{name!r}")
         for name in self.moderation.deployments:
             if name not in {dep.name for dep in self.deployments}:
                 raise ValueError(f"moderation.deployments names unknown deployment {name!r}")

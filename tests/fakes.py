@@ -47,6 +47,9 @@ class ByteTokenizer:
     def is_end_of_generation(self, token_id: int) -> bool:
         return token_id == END
 
+    def special_texts(self) -> tuple[str, ...]:
+        return ()  # encode reads every text as bytes
+
     def end_tokens(self) -> list[int]:
         return [END]
 

@@ -13,17 +13,13 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from seekserve.errors import APIError, internal_error
+from seekserve.protocol.errors import APIError, internal_error
+from seekserve.protocol.exchange import KEEPALIVE_COMMENT, WireProtocol, openai_error, sse_event
 
 log = logging.getLogger(__name__)
 
-DONE = b"data: [DONE]\n\n"
-KEEPALIVE = b": keep-alive\n\n"
-
-
-def sse_event(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() \
-        + b"\n\n"
+ErrorEvent = Callable[[APIError], bytes]
+ErrorBody = Callable[[APIError], tuple[int, dict[str, Any]]]
 
 
 async def wait_for_disconnect(receive: Receive) -> None:
@@ -36,15 +32,19 @@ async def wait_for_disconnect(receive: Receive) -> None:
 class SSEResponse(Response):
     """Streams `events` as SSE; a client disconnect cancels (and closes) the event iterator.
 
-    When nothing was sent for `keepalive_s` (a request waiting in the queue), a `: keep-alive`
-    comment goes out. An APIError raised after the headers went out becomes one in-band
-    `data: {"error": ...}` event and the stream ends without [DONE].
+    When nothing was sent for `keepalive_s` (a request waiting in the queue), `keepalive` goes
+    out (a `: keep-alive` comment, or the protocol's ping). An error raised after the headers
+    went out becomes the protocol's in-band error event (`error_event`) and the stream ends
+    there (never with the protocol's end marker).
     """
 
     def __init__(self, events: AsyncGenerator[bytes, None], *, keepalive_s: float | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, keepalive: bytes = KEEPALIVE_COMMENT,
+                 error_event: ErrorEvent = lambda exc: sse_event(exc.body())) -> None:
         self._events = events
         self._keepalive_s = keepalive_s
+        self._keepalive = keepalive
+        self._error_event = error_event
         self._last_sent = 0.0
         self._sending = asyncio.Lock()
         super().__init__(status_code=200, media_type="text/event-stream",
@@ -92,7 +92,7 @@ class SSEResponse(Response):
         while True:
             await asyncio.sleep(max(0.0, self._last_sent + interval - time.monotonic()))
             if time.monotonic() - self._last_sent >= interval:
-                await self._send(send, KEEPALIVE)
+                await self._send(send, self._keepalive)
 
     async def _pump(self, send: Send) -> None:
         async with aclosing(self._events) as events:
@@ -100,10 +100,10 @@ class SSEResponse(Response):
                 async for chunk in events:
                     await self._send(send, chunk)
             except APIError as exc:
-                await self._send(send, sse_event(exc.body()))
+                await self._send(send, self._error_event(exc))
             except Exception:
                 log.exception("stream failed after it started")
-                await self._send(send, sse_event(internal_error().body()))
+                await self._send(send, self._error_event(internal_error()))
         await self._send(send, b"", more=False)
 
 
@@ -117,9 +117,10 @@ class PatientJSONResponse(Response):
     """
 
     def __init__(self, work: Awaitable[dict[str, Any]], interval: float,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, error: ErrorBody = openai_error) -> None:
         self._work = work
         self._interval = interval
+        self._error = error
         super().__init__(status_code=200, media_type="application/json", headers=headers)
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
 
@@ -153,22 +154,26 @@ class PatientJSONResponse(Response):
             await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
-    @staticmethod
-    def _outcome(task: asyncio.Future[dict[str, Any]]
+    def _outcome(self, task: asyncio.Future[dict[str, Any]]
                  ) -> tuple[int, dict[str, Any], dict[str, str]]:
         exc = task.exception()
         if exc is None:
             return 200, task.result(), {}
         if isinstance(exc, APIError):
-            return exc.status_code, exc.body(), exc.headers
+            status, body = self._error(exc)
+            return status, body, exc.headers
         log.error("request failed", exc_info=exc)
-        return 500, internal_error().body(), {}
+        status, body = self._error(internal_error())
+        return status, body, {}
 
 
-def answer_response(stream: bool, events: Callable[[], AsyncGenerator[bytes, None]],
+def answer_response(protocol: WireProtocol[Any], stream: bool,
+                    events: Callable[[], AsyncGenerator[bytes, None]],
                     answer: Callable[[], Awaitable[dict[str, Any]]], *, keepalive_s: float,
                     headers: dict[str, str]) -> Response:
-    """The SSE stream of `events()` or the JSON of `answer()`, each kept alive while queued."""
+    """The SSE stream of `events()` or the JSON of `answer()` in `protocol`, each kept alive
+    while queued."""
     if stream:
-        return SSEResponse(events(), keepalive_s=keepalive_s, headers=headers)
-    return PatientJSONResponse(answer(), keepalive_s, headers=headers)
+        return SSEResponse(events(), keepalive_s=keepalive_s, headers=headers,
+                           keepalive=protocol.keepalive, error_event=protocol.error_event)
+    return PatientJSONResponse(answer(), keepalive_s, headers=headers, error=protocol.error)

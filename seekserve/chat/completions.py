@@ -1,17 +1,22 @@
-"""Text completions on the chat pipeline: a raw, token-id or fill-in-the-middle prompt as a
-PreparedChat (with vLLM's grammar and ending rules as its constraint), and the legacy
-completions shape of log-probabilities."""
+"""Text completions on the local chat backend: a raw, token-id or fill-in-the-middle prompt as a
+PreparedChat, with vLLM's grammar and ending rules as its constraint."""
 
 from __future__ import annotations
 
-import codecs
+import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from seekserve.chat.endings import EndingRules
-from seekserve.chat.service import PreparedChat
-from seekserve.chat.structured import AnswerRule, GrammarCompiler, GrammarError, SequenceConstraint
+from seekserve.chat.prepared import PreparedChat
+from seekserve.chat.structured import (
+    AnswerRule,
+    GrammarCompiler,
+    GrammarError,
+    SequenceConstraint,
+    json_schema_grammar,
+)
 from seekserve.engines.base import (
     Engine,
     GenerationRequest,
@@ -19,12 +24,11 @@ from seekserve.engines.base import (
     TokenConstraint,
     Tokenizer,
 )
-from seekserve.errors import InvalidRequestError
+from seekserve.protocol.completions import MAX_COMPLETION_TOKENS
+from seekserve.protocol.errors import InvalidRequestError
+from seekserve.protocol.neutral import TextCompletionRequest
 from seekserve.registry import ServedModel
 from seekserve.settings import LimitSettings
-
-# DeepSeek caps FIM completion at 4K tokens; the same endpoint serves plain completions.
-MAX_COMPLETION_TOKENS = 4096
 
 # (prefix, suffix, middle) markers of the FIM formats we know, tried in order; a model uses one
 # only when all three are special tokens of its vocabulary.
@@ -64,37 +68,6 @@ def fim_tokens(tokenizer: Tokenizer) -> FimTokens | None:
     return None
 
 
-@dataclass(frozen=True)
-class CompletionGrammar:
-    """An llguidance Lark grammar the whole completion matches, and the request field it came
-    from (named when it does not compile)."""
-
-    lark: str
-    param: str
-
-
-@dataclass(frozen=True)
-class TextCompletionRequest:
-    """A text completion as the chat layer needs it, whatever the wire said."""
-
-    # Text, or token ids used as given (no BOS added, nothing re-tokenized).
-    prompt: str | list[int]
-    # None: a plain completion of `prompt`; a string: fill in between prompt and suffix.
-    suffix: str | None
-    max_tokens: int | None
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    stops: list[str] = field(default_factory=list)
-    user_id: str | None = None
-    # BOS before a text prompt where the model adds one (vLLM's add_special_tokens).
-    add_special: bool = True
-    grammar: CompletionGrammar | None = None
-    min_tokens: int = 0
-    ignore_eos: bool = False
-    stop_token_ids: tuple[int, ...] = ()
-    include_stop: bool = False  # the matched stop string (or stop token) stays in the text
-    want_token_ids: bool = False
-
-
 def decode_prompt(tokenizer: Tokenizer, ids: list[int]) -> str:
     """The text of a token-id prompt (what echo shows and moderation reads). Raises
     InvalidRequestError (400) for an id outside the vocabulary."""
@@ -107,7 +80,8 @@ def prepare_completion(req: TextCompletionRequest, model: ServedModel, engine: E
                        compiler: GrammarCompiler | None = None) -> PreparedChat:
     """Check `req` against the limits and the context, encode its prompt (raw, or framed by the
     model's FIM tokens; token ids as given), build its constraint (`compiler` compiles its
-    grammar) and bind it to `engine`. Raises InvalidRequestError (400)."""
+    grammar) and bind it to `engine`. Raises InvalidRequestError (400). The client's own
+    `cache_salt` splits the server-derived `cache_salt` further."""
     _check_limits(req, limits)
     tokenizer = engine.tokenizer
     if isinstance(req.prompt, list):
@@ -143,12 +117,23 @@ def prepare_completion(req: TextCompletionRequest, model: ServedModel, engine: E
             f"min_tokens ({req.min_tokens}) is more than max_tokens ({max_tokens}).",
             param="min_tokens")
     constraint = _constraint(req, tokenizer, compiler, max_tokens)
+    sampling = SamplingParams(temperature=req.temperature, top_p=req.top_p, seed=req.seed,
+                              logprobs=req.logprobs, top_logprobs=req.top_logprobs)
     generation = GenerationRequest(request_id=request_id, prompt=prompt, max_tokens=max_tokens,
-                                   sampling=req.sampling, cache_salt=cache_salt,
+                                   sampling=sampling,
+                                   cache_salt=salted(cache_salt, req.cache_salt),
                                    constraint=constraint)
-    return PreparedChat(None, model, engine, generation, list(req.stops), user_id=req.user_id,
+    return PreparedChat(model, engine, generation, tuple(req.stops), user_id=req.user_id,
                         want_token_ids=req.want_token_ids, include_stop=req.include_stop,
                         stop_tokens=frozenset(req.stop_token_ids))
+
+
+def salted(salt: bytes, client_salt: str | None) -> bytes:
+    """The server-derived cache salt split further by the client's own `cache_salt`: two client
+    salts never share a cached prefix, and no client salt reaches another caller's cache."""
+    if client_salt is None:
+        return salt
+    return hashlib.sha256(salt + b"\x00" + client_salt.encode()).digest()
 
 
 def _check_token_ids(ids: Sequence[int], tokenizer: Tokenizer, *, param: str) -> None:
@@ -170,11 +155,12 @@ def _constraint(req: TextCompletionRequest, tokenizer: Tokenizer,
             raise InvalidRequestError(
                 "This model's engine cannot constrain its output, which structured_outputs "
                 "needs.", param=param.split(".")[0])
+        lark = _lark(req.grammar.lark, req.grammar.json_schema, param)
         try:
-            compiler.matcher(req.grammar.lark)  # compiled (and cached) now: a bad one is a 400
+            compiler.matcher(lark)  # compiled (and cached) now: a bad one is a 400
         except GrammarError as exc:
             raise InvalidRequestError(f"{param} cannot be used: {exc}", param=param) from None
-        rule = AnswerRule(mode="grammar", lark=req.grammar.lark, whole=req.grammar.lark)
+        rule = AnswerRule(mode="grammar", lark=lark, whole=lark)
         grammar = SequenceConstraint(think=None, answer=rule, compiler=compiler,
                                      piece=tokenizer.piece, end_tokens=tokenizer.end_tokens(),
                                      max_tokens=max_tokens)
@@ -183,6 +169,17 @@ def _constraint(req: TextCompletionRequest, tokenizer: Tokenizer,
     return EndingRules(grammar, end_tokens=tokenizer.end_tokens(), max_tokens=max_tokens,
                        min_tokens=req.min_tokens, ignore_eos=req.ignore_eos,
                        stop_tokens=req.stop_token_ids)
+
+
+def _lark(lark: str | None, schema: dict[str, Any] | None, param: str) -> str:
+    """The Lark grammar asked for, or the one of the JSON Schema asked for."""
+    if lark is not None:
+        return lark
+    assert schema is not None
+    try:
+        return json_schema_grammar(schema)
+    except GrammarError as exc:
+        raise InvalidRequestError(f"{param} cannot be used: {exc}", param=param) from None
 
 
 def _check_limits(req: TextCompletionRequest, limits: LimitSettings) -> None:
@@ -231,42 +228,3 @@ def _encode_fim(prompt: str, suffix: str, model: ServedModel, tokenizer: Tokeniz
     return [*(_bos(tokenizer) if add_bos else []), fim.prefix,
             *tokenizer.encode(prompt, add_special=False, parse_special=False), fim.suffix,
             *tokenizer.encode(suffix, add_special=False, parse_special=False), fim.middle]
-
-
-class LegacyLogprobs:
-    """Turns the chat pipeline's log-probability entries into the legacy completions shape
-    (`tokens`, `token_logprobs`, `top_logprobs` as {token: logprob}, `text_offset`), keeping
-    the text offsets of one completion across the pieces it streams in. With `token_ids`
-    every token is written `token_id:<id>` (vLLM's return_tokens_as_token_ids)."""
-
-    def __init__(self, start: int = 0, *, token_ids: bool = False) -> None:
-        self._offset = start
-        self._token_ids = token_ids
-        # Offsets count characters of the text as the client sees it, which decodes the bytes
-        # of all tokens together (a character may span tokens).
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def convert(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
-        tokens: list[str] = []
-        token_logprobs: list[float] = []
-        top_logprobs: list[dict[str, float]] = []
-        text_offset: list[int] = []
-        for entry in entries:
-            text_offset.append(self._offset)
-            raw = entry.get("bytes")
-            data = bytes(raw) if raw is not None else str(entry["token"]).encode()
-            self._offset += len(self._decoder.decode(data))
-            token = self._name(entry)
-            tokens.append(token)
-            token_logprobs.append(entry["logprob"])
-            alternatives: dict[str, float] = {}
-            for alt in entry.get("top_logprobs", []):
-                alternatives.setdefault(self._name(alt), alt["logprob"])
-            # The sampled token is always listed (so up to logprobs + 1 entries), as OpenAI's.
-            alternatives.setdefault(token, entry["logprob"])
-            top_logprobs.append(alternatives)
-        return {"tokens": tokens, "token_logprobs": token_logprobs,
-                "top_logprobs": top_logprobs, "text_offset": text_offset}
-
-    def _name(self, entry: dict[str, Any]) -> str:
-        return f"token_id:{entry['id']}" if self._token_ids else str(entry["token"])

@@ -7,7 +7,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from seekserve.api.schemas import ChatCompletionRequest, NamedToolChoice
 from seekserve.chat.output import OutputParser
 from seekserve.chat.structured import (
     AnswerRule,
@@ -23,7 +22,8 @@ from seekserve.chat.structured import (
 )
 from seekserve.chat.thinking import ThinkingPlan
 from seekserve.engines.base import Tokenizer
-from seekserve.errors import InvalidRequestError
+from seekserve.protocol.errors import InvalidRequestError
+from seekserve.protocol.neutral import ChatRequest
 
 # Thinking is closed with the tag on a line of its own and a blank line before the answer.
 THINK_OPEN = "<think>\n"
@@ -52,30 +52,24 @@ class OutputPlan:
         return OutputParser(thinking=self.thinking.enabled, tools=self.parses_tools)
 
 
-def plan_output(req: ChatCompletionRequest, thinking: ThinkingPlan) -> OutputPlan:
+def plan_output(req: ChatRequest, thinking: ThinkingPlan) -> OutputPlan:
     tools = None
     if req.tools:
         tools = [{"type": "function", "function": {
-            "name": t.function.name,
-            **({"description": t.function.description} if t.function.description else {}),
-            "parameters": t.function.parameters or EMPTY_PARAMETERS,
+            "name": t.name,
+            **({"description": t.description} if t.description else {}),
+            "parameters": t.parameters or EMPTY_PARAMETERS,
         }} for t in req.tools]
-    choice: str
-    if isinstance(req.tool_choice, NamedToolChoice):
-        choice = req.tool_choice.function.name
+    choice = req.tool_choice
+    if choice is None:
+        mode = "auto" if tools else "none"
     else:
-        choice = req.tool_choice or ("auto" if tools else "none")
-    schema = None
-    fmt = req.response_format
-    if fmt is not None and fmt.type == "json_object":
-        schema = {"type": "object"}
-    elif fmt is not None and fmt.type == "json_schema":
-        holder = fmt.json_schema or {}
-        schema = holder.get("schema") or {"type": "object"}
-    return OutputPlan(thinking, tools, choice, schema)
+        mode = choice.name if choice.mode == "function" and choice.name else choice.mode
+    schema = req.response_format.schema if req.response_format is not None else None
+    return OutputPlan(thinking, tools, mode, schema)
 
 
-def build_constraint(plan: OutputPlan, req: ChatCompletionRequest, tokenizer: Tokenizer,
+def build_constraint(plan: OutputPlan, req: ChatRequest, tokenizer: Tokenizer,
                      compiler: GrammarCompiler | None, *, max_tokens: int
                      ) -> SequenceConstraint | None:
     """The engine-side constraint, or None when the output is free. Raises a 400 naming the
@@ -99,7 +93,8 @@ def build_constraint(plan: OutputPlan, req: ChatCompletionRequest, tokenizer: To
             # JSON mode with tools offered: the answer is either calls or the JSON.
             calls = tool_calls_rules(chosen, opened=False, max_calls=max_calls,
                                      special_tags=special, start="calls")
-            lark = f"start: calls | answer\nanswer: {_json(plan.json_schema)}\n{calls}"
+            answer = _grammar(json_rule, plan.json_schema, param=req.fields.response_format)
+            lark = f"start: calls | answer\nanswer: {answer}\n{calls}"
             rule = AnswerRule(mode="grammar", lark=lark, whole=lark)
         elif special:
             # Free text until the model opens a call; the call itself is then constrained.
@@ -109,18 +104,20 @@ def build_constraint(plan: OutputPlan, req: ChatCompletionRequest, tokenizer: To
                 chosen, opened=True, max_calls=max_calls, special_tags=special),
                 whole=f"start: prose | prose calls\nprose: {FREE_TEXT_RULE}\n{calls}")
     elif plan.json_schema is not None:
-        lark = _grammar(json_schema_grammar, plan.json_schema, param="response_format")
+        lark = _grammar(json_schema_grammar, plan.json_schema, param=req.fields.response_format)
         rule = AnswerRule(mode="grammar", lark=lark, whole=lark)
     if rule.lark is not None:
         if compiler is None:
             raise InvalidRequestError(
                 "This model's engine cannot constrain its output, which JSON mode and tool "
-                "calls need.", param="response_format" if plan.json_schema else "tool_choice")
+                "calls need.",
+                param=req.fields.response_format if plan.json_schema else req.fields.tool_choice)
         try:
             compiler.matcher(rule.lark)  # compiled (and cached) now: a bad schema is a 400
         except GrammarError as exc:
-            raise InvalidRequestError(f"response_format: the schema cannot be used: {exc}",
-                                      param="response_format.json_schema") from None
+            fmt = req.fields.response_format
+            raise InvalidRequestError(f"{fmt}: the schema cannot be used: {exc}",
+                                      param=f"{fmt}.json_schema") from None
     think = None
     if plan.thinking.enabled:
         # Reasoning counts toward max_tokens; it may use at most half, so an answer follows.
@@ -133,11 +130,6 @@ def build_constraint(plan: OutputPlan, req: ChatCompletionRequest, tokenizer: To
                               max_tokens=max_tokens)
 
 
-def _json(schema: dict[str, Any] | None) -> str:
-    assert schema is not None
-    return _grammar(json_rule, schema, param="response_format")
-
-
 def _grammar(build: Any, schema: dict[str, Any], *, param: str) -> str:
     try:
         text: str = build(schema)
@@ -146,22 +138,22 @@ def _grammar(build: Any, schema: dict[str, Any], *, param: str) -> str:
     return text
 
 
-def _tool_specs(req: ChatCompletionRequest, compiler: GrammarCompiler | None) -> list[ToolSpec]:
+def _tool_specs(req: ChatRequest, compiler: GrammarCompiler | None) -> list[ToolSpec]:
     """Each tool's schema, compiled on its own so a bad one is a 400 that names it."""
     specs = []
-    for i, tool in enumerate(req.tools or []):
-        params = tool.function.parameters or EMPTY_PARAMETERS
-        param = f"tools[{i}].function.parameters"
+    for tool in req.tools or ():
+        params = tool.parameters or EMPTY_PARAMETERS
+        param = f"{tool.param}.parameters"
         if params.get("type", "object") != "object":
             raise InvalidRequestError(
-                f"{param}: the parameters of tool `{tool.function.name}` must be a JSON Schema "
+                f"{param}: the parameters of tool `{tool.name}` must be a JSON Schema "
                 f"of type object, not {json.dumps(params.get('type'))}", param=param)
         if compiler is not None:
             try:
                 compiler.matcher(json_schema_grammar(params))
             except GrammarError as exc:
                 raise InvalidRequestError(
-                    f"{param}: the JSON Schema of tool `{tool.function.name}` is invalid: {exc}",
+                    f"{param}: the JSON Schema of tool `{tool.name}` is invalid: {exc}",
                     param=param) from None
-        specs.append(ToolSpec(tool.function.name, params))
+        specs.append(ToolSpec(tool.name, params))
     return specs

@@ -20,6 +20,7 @@ import llguidance.numpy as llg_numpy
 import numpy as np
 import numpy.typing as npt
 
+from seekserve.chat.closing import ClosingVocabulary, JsonLexer, closing_tokens
 from seekserve.chat.reasoning import CLOSE_TAG
 from seekserve.chat.tools import CALL_CLOSE, CALL_OPEN
 from seekserve.engines.base import Segment
@@ -27,10 +28,15 @@ from seekserve.engines.base import Segment
 log = logging.getLogger(__name__)
 
 MAX_SCHEMA_CHARS = 65536
-# Tokens before max_tokens (at least this many, or a quarter of it) from which a grammar's
-# structure is steered closed.
-CLOSING_RESERVE_MIN = 24
-_CLOSERS = frozenset(b'"}]')
+# The closing of a grammar's open structure is looked for at every step once the tokens left are
+# within this many (plus the closing of the grammar's start) of what it took at the last look,
+# every few steps before that ...
+CLOSING_WATCH = 32
+# ... and within this many plus the closing of the grammar's start (one token can open that
+# much again: a new tool call, an object with required keys), only the model's best few tokens
+# whose own closing still fits are allowed.
+CLOSING_MARGIN = 4
+CLOSING_CANDIDATES = 6
 # JSON as generated under a grammar: one line, `", "` and `": "` separators. Flexible
 # whitespace lets a small model pad an object with newlines until max_tokens runs out.
 _JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False}
@@ -98,7 +104,7 @@ class GrammarCompiler:
         self._capacity = capacity
         self._cache: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
         self._lock = threading.Lock()
-        self._closers: npt.NDArray[np.bool_] | None = None
+        self._closing: ClosingVocabulary | None = None
 
     def matcher(self, lark: str) -> llguidance.LLMatcher:
         """A fresh matcher for `lark`; raises GrammarError with llguidance's reason."""
@@ -124,15 +130,13 @@ class GrammarCompiler:
     def __len__(self) -> int:
         return len(self._cache)
 
-    def closer_mask(self) -> npt.NDArray[np.bool_]:
-        """Tokens made only of `"`, `}` and `]`: what ends strings and containers."""
-        if self._closers is None:
-            tok = self.tokenizer
-            self._closers = np.array(
-                [bool(piece) and set(piece) <= _CLOSERS
-                 for piece in (tok.decode_bytes([t]) for t in range(tok.vocab_size))],
-                dtype=np.bool_)
-        return self._closers
+    def closing_vocabulary(self, end_tokens: Sequence[int]) -> ClosingVocabulary:
+        """What finishing a grammar in time prefers, built on first use (a pass over the
+        vocabulary)."""
+        with self._lock:
+            if self._closing is None:
+                self._closing = ClosingVocabulary(self.tokenizer, end_tokens)
+            return self._closing
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,9 @@ class SequenceConstraint:
         self._think_tokens = 0
         self._reasoning_final = 0
         self._matcher: llguidance.LLMatcher | None = None
+        self._lexer = JsonLexer()
+        self._closing_len: int | None = None
+        self._opening_len = 0  # the closing of the grammar's start
         self._bitmask: npt.NDArray[np.int32] | None = None
         self._finished = False
         self._answered = False
@@ -299,6 +306,7 @@ class SequenceConstraint:
             log.warning("grammar refused token %d: %s", token_id, self._matcher.get_error())
             self._finished = True
             return
+        self._lexer.feed(self._piece(token_id))
         if self._matcher.is_stopped():
             self._finished = True
 
@@ -314,19 +322,60 @@ class SequenceConstraint:
         n = min(len(logits), len(allowed))
         logits[:n][allowed[:n] == 0] = -np.inf
         logits[n:] = -np.inf
-        if self._closing_time():
-            # Near max_tokens, tokens that end strings, arrays and objects win where the
-            # grammar allows one, so the structure closes instead of being cut off.
-            assert self._compiler is not None
-            closers = self._compiler.closer_mask()[:n] & (allowed[:n] == 1)
-            if closers.any():
-                logits[:n][~closers] = -np.inf
+        self._close_in_time(logits)
 
-    def _closing_time(self) -> bool:
+    def _close_in_time(self, logits: npt.NDArray[np.float32]) -> None:
+        """Force the closing of the open structure when the tokens left are just what it takes,
+        so a grammar's answer ends complete; `length` only when even that cannot fit."""
         if self._max_tokens is None:
-            return False
+            return
+        assert self._matcher is not None and self._compiler is not None
         left = self._max_tokens - self._accepted
-        return left <= max(CLOSING_RESERVE_MIN, self._max_tokens // 4)
+        if (self._closing_len is not None and self._accepted % 4
+                and left > self._closing_len + self._opening_len + CLOSING_WATCH):
+            return
+        vocab = self._compiler.closing_vocabulary(self._end.tolist())
+        closing = closing_tokens(self._matcher, self._lexer, vocab)
+        if closing is None:
+            return
+        if self._closing_len is None:
+            self._opening_len = len(closing)
+        self._closing_len = len(closing)
+        if len(closing) >= left:
+            self._forced = closing
+        elif (left - len(closing) <= CLOSING_MARGIN + self._opening_len
+              and not self._keep_closable(logits, left)):
+            self._forced = closing
+
+    def _keep_closable(self, logits: npt.NDArray[np.float32], left: int) -> bool:
+        """Mask all but the model's best few tokens after which the closing still fits in
+        `left`; False when none of them does."""
+        assert self._matcher is not None and self._compiler is not None
+        vocab = self._compiler.closing_vocabulary(self._end.tolist())
+        finite = np.flatnonzero(np.isfinite(logits))
+        k = min(CLOSING_CANDIDATES, finite.size)
+        if k == 0:
+            return False
+        best = finite[np.argpartition(-logits[finite], k - 1)[:k]]
+        keep = [int(t) for t in best if self._closes_after(int(t), left - 1, vocab)]
+        if not keep:
+            return False
+        kept = logits[keep].copy()
+        logits[:] = -np.inf
+        logits[keep] = kept
+        return True
+
+    def _closes_after(self, token: int, left: int, vocab: ClosingVocabulary) -> bool:
+        if token in self._end:
+            return True
+        assert self._matcher is not None
+        walk = self._matcher.deep_copy()
+        if not walk.consume_token(token):
+            return False
+        lexer = self._lexer.copy()
+        lexer.feed(self._piece(token))
+        closing = closing_tokens(walk, lexer, vocab)
+        return closing is not None and len(closing) <= left
 
 
 def tool_markup_tokens(encode: Callable[[str], list[int]]) -> tuple[int | None, int | None]:

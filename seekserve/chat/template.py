@@ -10,7 +10,7 @@ from jinja2 import TemplateError
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from seekserve.errors import InvalidRequestError
+from seekserve.protocol.errors import InvalidRequestError
 
 # Used for a model whose GGUF has no chat template (a base model): plain role-labelled turns.
 FALLBACK_TEMPLATE = (

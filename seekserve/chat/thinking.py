@@ -10,11 +10,13 @@ the last user message: the model continues that reasoning, so it must be sent ba
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from seekserve.api.schemas import ChatCompletionRequest, ChatMessage
-from seekserve.errors import InvalidRequestError
+from seekserve.chat.literal import map_strings
+from seekserve.protocol.errors import InvalidRequestError
+from seekserve.protocol.neutral import ChatRequest, Message
 from seekserve.registry import ServedModel
 
 Effort = Literal["low", "high", "max"]
@@ -42,46 +44,52 @@ class ThinkingPlan:
         return cls(False)
 
 
-def plan_thinking(req: ChatCompletionRequest, model: ServedModel) -> ThinkingPlan:
+def plan_thinking(req: ChatRequest, model: ServedModel) -> ThinkingPlan:
     settings = model.thinking
-    requested = req.thinking.type if req.thinking is not None else None
-    raw_effort = (req.thinking.reasoning_effort if req.thinking is not None else None) \
-        or req.reasoning_effort
     if settings is None:
-        if requested == "enabled":
+        if req.thinking:
             raise InvalidRequestError(
-                f"The model `{req.model}` does not support thinking mode.", param="thinking.type")
+                f"The model `{req.model}` does not support thinking mode.",
+                param=req.fields.thinking)
         return ThinkingPlan.off()
-    if (requested or settings.default) != "enabled":
-        return ThinkingPlan.off()
-    last = req.messages[-1]
-    if last.role == "assistant" and last.prefix:
+    enabled = req.thinking if req.thinking is not None else settings.default == "enabled"
+    if not enabled or req.continues_prefix:
         # Prefix completion continues the given answer text: there is no thinking block.
         return ThinkingPlan.off()
-    effort: Effort = EFFORT_OF[raw_effort] if raw_effort is not None else settings.default_effort
-    return ThinkingPlan(True, effort, getattr(settings.budgets, effort))
+    effort: Effort = EFFORT_OF[req.effort] if req.effort is not None else settings.default_effort
+    budget = getattr(settings.budgets, effort)
+    if req.thinking_budget is not None:
+        budget = req.thinking_budget  # the client's own cap (Anthropic's budget_tokens)
+    return ThinkingPlan(True, effort, budget)
 
 
 def thinks_natively(template_source: str) -> bool:
     return any(marker in template_source for marker in _NATIVE_MARKERS)
 
 
-def history(messages: list[ChatMessage], *, thinking: bool, native: bool
-            ) -> list[dict[str, Any]]:
-    """Messages as the template gets them, with reasoning kept only where it is needed."""
+def _same(text: str) -> str:
+    return text
+
+
+def history(messages: list[Message], *, thinking: bool, native: bool,
+            reasoning_field: str = "reasoning_content",
+            literal: Callable[[str], str] = _same) -> list[dict[str, Any]]:
+    """Messages as the template gets them, with reasoning kept only where it is needed.
+    `reasoning_field` names, after a message's param, where its reasoning is sent; `literal`
+    is applied to every text the caller wrote (not to the `<think>` markup added here)."""
     last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
     out: list[dict[str, Any]] = []
     for i, msg in enumerate(messages):
-        item = history_message(msg)
+        item = history_message(msg, literal)
         if msg.role == "assistant" and thinking and msg.tool_calls and i > last_user:
-            reasoning = msg.reasoning_content
+            reasoning = literal(msg.reasoning or "")
             if not reasoning:
+                param = f"{msg.param}.{reasoning_field}"
                 raise InvalidRequestError(
-                    f"messages[{i}].reasoning_content is required: in thinking mode an assistant "
+                    f"{param} is required: in thinking mode an assistant "
                     "message that called tools after the last user message must be sent back "
-                    "with its reasoning_content, which the model continues from.",
-                    param=f"messages[{i}].reasoning_content",
-                    code="missing_reasoning_content")
+                    "with its reasoning, which the model continues from.",
+                    param=param, code="missing_reasoning_content")
             if native:
                 item["reasoning_content"] = reasoning
             else:
@@ -90,21 +98,19 @@ def history(messages: list[ChatMessage], *, thinking: bool, native: bool
     return out
 
 
-def history_message(msg: ChatMessage) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": msg.role, "content": msg.text()}
+def history_message(msg: Message, literal: Callable[[str], str] = _same) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": msg.role, "content": literal(msg.text())}
     if msg.name is not None:
-        out["name"] = msg.name
+        out["name"] = literal(msg.name)
     if msg.tool_call_id is not None:
-        out["tool_call_id"] = msg.tool_call_id
+        out["tool_call_id"] = literal(msg.tool_call_id)
     if msg.tool_calls:
         out["tool_calls"] = [
             {
-                "id": c.id,
+                "id": literal(c.id),
                 "type": "function",
-                "function": {
-                    "name": c.function.name,
-                    "arguments": _json_or_text(c.function.arguments),
-                },
+                "function": {"name": literal(c.name),
+                             "arguments": map_strings(_json_or_text(c.arguments), literal)},
             }
             for c in msg.tool_calls
         ]
@@ -115,5 +121,6 @@ def _json_or_text(arguments: str) -> Any:
     # Templates (Qwen's among them) serialise arguments with tojson: give them the object.
     try:
         return json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
         return arguments
+

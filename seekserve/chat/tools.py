@@ -165,12 +165,12 @@ def _parse_body(call: _Call) -> tuple[str, str]:
         rest = call.body[call.args_start:]
         try:
             _, end = json.JSONDecoder().raw_decode(rest)
-        except ValueError:
+        except (ValueError, RecursionError):
             return name, rest.rstrip(_CLOSERS) if rest.rstrip().endswith("}") else rest
         return name, rest[:end]
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
         return "", body
     if not isinstance(obj, dict):
         return "", body

@@ -172,6 +172,11 @@ class Tokenizer(Protocol):
 
     def is_end_of_generation(self, token_id: int) -> bool: ...
 
+    def special_texts(self) -> tuple[str, ...]:
+        """The texts `encode` reads as one special token only with `parse_special` (control
+        tokens such as `<|im_end|>`); with it off they are encoded as the characters they are."""
+        ...
+
     def end_tokens(self) -> list[int]:
         """Every end-of-generation token id."""
         ...

@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 from pypdf import PasswordType, PdfReader
 from pypdf.errors import DependencyError
 
-from seekserve.errors import InvalidRequestError
+from seekserve.protocol.errors import InvalidRequestError
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,9 @@ def _check_json(filename: str, text: str, *, line_number: int | None = None) -> 
         where = (f"line {line_number}" if line_number is not None
                  else f"line {exc.lineno} column {exc.colno}")
         raise _invalid(f"{filename} is not valid JSON at {where}: {exc.msg}.") from None
+    except RecursionError:
+        where = f" at line {line_number}" if line_number is not None else ""
+        raise _invalid(f"{filename} is not usable JSON{where}: it is nested too deeply.") from None
 
 
 def _pdf_text(filename: str, data: bytes, max_chars: int) -> str:

@@ -1,6 +1,6 @@
 """The Files API's rules: who owns a file, what an upload must be, and file parts made text.
 
-Ownership: a file belongs to the API key that uploaded it, recorded as `owner_of(caller)`: a
+Ownership: a file belongs to the API key that uploaded it, recorded as `caller.owner`: a
 managed key's id, else the hex sha256 of the static key sent (the key itself is never stored).
 On an open server (no keys configured) every anonymous caller is the one owner `""`. Another
 owner's file is answered exactly like a missing one, so ids cannot be probed across keys.
@@ -9,24 +9,27 @@ owner's file is answered exactly like a missing one, so ids cannot be probed acr
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
-from seekserve.api.auth import Caller
-from seekserve.api.schemas import ChatCompletionRequest, ChatMessage, FilePart, TextPart
-from seekserve.errors import InvalidRequestError, NoSuchFileError, PayloadTooLargeError
 from seekserve.files.kinds import extract_text, kind_of
 from seekserve.files.store import FileStore, Order, StoredFile
+from seekserve.protocol.errors import InvalidRequestError, NoSuchFileError, PayloadTooLargeError
+from seekserve.protocol.neutral import (
+    ChatRequest,
+    FilePart,
+    Message,
+    NeutralRequest,
+    TextPart,
+)
 from seekserve.settings import FileSettings, LimitSettings
+from seekserve.tenancy.identity import Caller
 from seekserve.tenancy.store import Store
 
 # What OpenAI's `POST /v1/files` accepts. Any of them may be used in a chat.
 PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 MAX_FILENAME_CHARS = 255
 MAX_LIST_LIMIT = 10_000
-
-
-def owner_of(caller: Caller) -> str:
-    return caller.key_id if caller.key_id is not None else caller.key_digest.hex()
 
 
 def frame(filename: str, text: str) -> str:
@@ -58,41 +61,41 @@ class Files:
         # Off the event loop: a large PDF takes seconds to parse.
         text = await asyncio.to_thread(extract_text, kind, name, data,
                                        self.settings.max_extracted_chars)
-        return await self.store.add(owner=owner_of(caller), filename=name, purpose=purpose,
+        return await self.store.add(owner=caller.owner, filename=name, purpose=purpose,
                                     kind=kind.name, content_type=kind.content_type, data=data,
                                     extracted=text,
                                     max_files=self.settings.max_files_per_owner)
 
     async def get(self, caller: Caller, file_id: str) -> StoredFile:
-        stored = await self.store.get(owner_of(caller), file_id)
+        stored = await self.store.get(caller.owner, file_id)
         if stored is None:
             raise no_such_file(file_id)
         return stored
 
     async def content(self, caller: Caller, file_id: str) -> tuple[StoredFile, bytes]:
-        found = await self.store.content(owner_of(caller), file_id)
+        found = await self.store.content(caller.owner, file_id)
         if found is None:
             raise no_such_file(file_id)
         return found
 
     async def delete(self, caller: Caller, file_id: str) -> dict[str, Any]:
-        if not await self.store.delete(owner_of(caller), file_id):
+        if not await self.store.delete(caller.owner, file_id):
             raise no_such_file(file_id)
         return {"id": file_id, "object": "file", "deleted": True}
 
     async def page(self, caller: Caller, *, purpose: str | None, limit: int, order: Order,
                    after: str | None) -> dict[str, Any]:
         """`GET /v1/files` in OpenAI's cursor-page shape."""
-        rows, more = await self.store.page(owner_of(caller), purpose=purpose, limit=limit,
+        rows, more = await self.store.page(caller.owner, purpose=purpose, limit=limit,
                                            order=order, after=after)
         data = [row.wire() for row in rows]
         return {"object": "list", "data": data,
                 "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None, "has_more": more}
 
-    async def inline(self, req: ChatCompletionRequest, caller: Caller) -> ChatCompletionRequest:
-        """`req` with every `{"type": "file"}` part replaced by a text part holding the file's
-        text as `frame` shows it, set off from neighbouring parts by a blank line:
+    async def inline(self, req: NeutralRequest, caller: Caller) -> NeutralRequest:
+        """`req` with every file part replaced by a text part holding the file's text as
+        `frame` shows it, set off from neighbouring parts by a blank line:
         `[text, file, file]` reads "text\n\n[file: a.txt]\n...\n[end of file: a.txt]\n\n
         [file: b.pdf]\n...\n[end of file: b.pdf]".
 
@@ -100,24 +103,23 @@ class Files:
         message stays within `limits.max_message_chars`, and of all files in the request
         within `files.max_request_chars`. A request without file parts is returned as is,
         without touching the store."""
-        refs = [part.file.file_id for m in req.messages if isinstance(m.content, list)
-                for part in m.content if isinstance(part, FilePart)]
+        if not isinstance(req, ChatRequest):
+            return req  # a text completion has no file parts
+        refs = [part.file_id for m in req.messages for part in m.file_parts()]
         if not refs:
             return req
-        found = await self.store.texts(owner_of(caller), refs)
+        found = await self.store.texts(caller.owner, refs)
         budget = self.settings.max_request_chars
         messages = list(req.messages)
         for i, message in enumerate(req.messages):
-            if isinstance(message.content, list) and any(
-                    isinstance(p, FilePart) for p in message.content):
-                messages[i], used = self._inline_message(i, message, found, budget)
+            if message.file_parts():
+                messages[i], used = self._inline_message(message, found, budget)
                 budget -= used
-        return req.model_copy(update={"messages": messages})
+        return replace(req, messages=tuple(messages))
 
-    def _inline_message(self, i: int, message: ChatMessage,
-                        found: dict[str, tuple[StoredFile, str]], budget: int
-                        ) -> tuple[ChatMessage, int]:
-        assert isinstance(message.content, list)
+    def _inline_message(self, message: Message, found: dict[str, tuple[StoredFile, str]],
+                        budget: int) -> tuple[Message, int]:
+        assert isinstance(message.content, tuple)
         parts = message.content
         size = sum(len(p.text) for p in parts if isinstance(p, TextPart))
         used = 0
@@ -126,12 +128,11 @@ class Files:
             if isinstance(part, TextPart):
                 out.append(part)
                 continue
-            hit = found.get(part.file.file_id)
+            hit = found.get(part.file_id)
             if hit is None:
                 raise InvalidRequestError(
-                    f"No such file: {part.file.file_id!r} (a file can be used only with the "
-                    "API key that uploaded it).",
-                    param=f"messages[{i}].content[{j}].file.file_id", code="file_not_found")
+                    f"No such file: {part.file_id!r} (a file can be used only with the "
+                    "API key that uploaded it).", param=part.param, code="file_not_found")
             stored, text = hit
             before = PART_SEPARATOR if j > 0 else ""
             # A file followed by a file is set off by the second one's separator alone.
@@ -140,20 +141,21 @@ class Files:
             # Checked before the text is built, so a huge request costs no memory first.
             used += len(text)
             size += len(before) + len(frame(stored.filename, "")) + len(text) + len(after)
+            at = part.param.removesuffix(".file.file_id").removesuffix(".file_id")
             if used > budget:
                 raise InvalidRequestError(
                     f"The files in this request hold more than {self.settings.max_request_chars}"
-                    f" characters of text (files.max_request_chars); messages[{i}].content[{j}]"
+                    f" characters of text (files.max_request_chars); {at}"
                     f" ({stored.filename}) goes over it.",
-                    param=f"messages[{i}].content[{j}].file.file_id", code="message_too_long")
+                    param=part.param, code="message_too_long")
             if size > self._limits.max_message_chars:
                 raise InvalidRequestError(
-                    f"messages[{i}] would have at least {size} characters with the text of "
+                    f"{message.param} would have at least {size} characters with the text of "
                     f"{stored.filename} ({len(text)} characters) put in; "
                     f"limits.max_message_chars allows {self._limits.max_message_chars}.",
-                    param=f"messages[{i}].content[{j}].file.file_id", code="message_too_long")
-            out.append(TextPart(type="text", text=before + frame(stored.filename, text) + after))
-        return message.model_copy(update={"content": out}), used
+                    param=part.param, code="message_too_long")
+            out.append(TextPart(before + frame(stored.filename, text) + after))
+        return replace(message, content=tuple(out)), used
 
 
 def check_purpose(purpose: str | None) -> None:

@@ -15,8 +15,8 @@ from sqlalchemy import and_, delete, func, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from seekserve.errors import InvalidRequestError, ServiceUnavailableError
 from seekserve.files.schema import files
+from seekserve.protocol.errors import InvalidRequestError, ServiceUnavailableError
 from seekserve.tenancy.keys import utc
 from seekserve.tenancy.store import Store
 

@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from seekserve.api.auth import Caller
-from seekserve.errors import InsufficientBalanceError
+from seekserve.protocol.errors import InsufficientBalanceError
 from seekserve.settings import ModelPricing, Settings
+from seekserve.tenancy.identity import Caller
 from seekserve.tenancy.money import format_amount, to_nanos
 from seekserve.tenancy.schema import api_keys, budget_reservations
 from seekserve.tenancy.store import Store

@@ -5,14 +5,15 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.engine import RowMapping
 
+from seekserve.settings import RateLimitSettings
 from seekserve.tenancy.money import format_amount, from_nanos, to_nanos
 from seekserve.tenancy.schema import api_keys
 from seekserve.tenancy.store import Store
@@ -37,9 +38,30 @@ class KeyLimits:
     budget_tokens: int | None = None
     budget_usd: Decimal | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("rpm", "tpm", "max_concurrency", "max_user_concurrency"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or None for no limit), not {value}")
+
     @property
     def has_budget(self) -> bool:
         return self.budget_tokens is not None or self.budget_usd is not None
+
+    @property
+    def unlimited(self) -> bool:
+        """No rate or concurrency limit of any kind (budgets and models aside)."""
+        return (self.rpm is None and self.tpm is None and self.max_concurrency is None
+                and self.max_user_concurrency is None)
+
+    def with_rate_defaults(self, settings: RateLimitSettings) -> KeyLimits:
+        """These limits, or the configured defaults for a key that carries no rate limits of
+        its own (a static key, a managed key created without them)."""
+        if not self.unlimited:
+            return self
+        return replace(self, rpm=settings.default_rpm, tpm=settings.default_tpm,
+                       max_concurrency=settings.default_max_concurrency,
+                       max_user_concurrency=settings.default_user_max_concurrency)
 
 
 NO_LIMITS = KeyLimits()
@@ -157,6 +179,12 @@ class KeyStore:
             row = (await conn.execute(
                 select(api_keys).where(api_keys.c.digest == digest))).mappings().first()
         return _from_row(row) if row else None
+
+    async def count(self) -> int:
+        """How many managed keys were ever created (revoked and expired ones included)."""
+        async with self._store.read() as conn:
+            return int((await conn.execute(
+                select(func.count()).select_from(api_keys))).scalar_one())
 
     async def get(self, key_id: str) -> ApiKey | None:
         async with self._store.read() as conn:

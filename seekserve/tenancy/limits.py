@@ -22,7 +22,7 @@ import math
 import re
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -33,8 +33,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from seekserve.errors import RateLimitedError, ServiceUnavailableError
+from seekserve.protocol.errors import RateLimitedError, ServiceUnavailableError
 from seekserve.settings import RateLimitSettings
+from seekserve.tenancy.keys import KeyLimits
 
 log = logging.getLogger(__name__)
 
@@ -42,34 +43,6 @@ WINDOW_S = 60.0
 ErrorPolicy = Literal["fail_open", "fail_closed"]
 # Why a request was refused; also the label of the rejection metric.
 RejectReason = Literal["requests", "tokens", "too_large", "concurrency", "user_concurrency"]
-
-
-@dataclass(frozen=True)
-class KeyLimits:
-    """The limits of one key; None means unlimited in that dimension."""
-
-    rpm: int | None = None
-    tpm: int | None = None
-    max_concurrency: int | None = None
-    user_max_concurrency: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("rpm", "tpm", "max_concurrency", "user_max_concurrency"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1 (or None for no limit), not {value}")
-
-    @classmethod
-    def defaults(cls, settings: RateLimitSettings) -> KeyLimits:
-        """What a key without limits of its own (a static key) gets."""
-        return cls(rpm=settings.default_rpm, tpm=settings.default_tpm,
-                   max_concurrency=settings.default_max_concurrency,
-                   user_max_concurrency=settings.default_user_max_concurrency)
-
-    @property
-    def unlimited(self) -> bool:
-        return (self.rpm is None and self.tpm is None and self.max_concurrency is None
-                and self.user_max_concurrency is None)
 
 
 @dataclass(frozen=True)
@@ -199,7 +172,7 @@ class Admission:
         self._released = False
         self._renewer: asyncio.Task[None] | None = None
         needs_slot = limits.max_concurrency is not None or (
-            limits.user_max_concurrency is not None and lease.user_id is not None)
+            limits.max_user_concurrency is not None and lease.user_id is not None)
         if backend is not None and backend.lease_ttl_s is not None and needs_slot:
             self._renewer = asyncio.create_task(self._renew_forever(backend, backend.lease_ttl_s))
 
@@ -318,8 +291,11 @@ class Limiter:
 @dataclass
 class _KeyCounters:
     requests: deque[float] = field(default_factory=deque)
-    # lease id -> (admitted at, tokens); dicts keep insertion order, which is time order.
-    tokens: dict[str, tuple[float, int]] = field(default_factory=dict)
+    # lease id -> (admitted at, tokens), in insertion order, which is time order. An OrderedDict
+    # finds its oldest item at once; a dict scans past every slot deleted at its front since it
+    # last grew, so with a full window a request cost more the more requests it held (16 us at
+    # 200 req/s, 25 at 1,000, 287 at 5,000; 12-13 us at all three as an OrderedDict).
+    tokens: OrderedDict[str, tuple[float, int]] = field(default_factory=OrderedDict)
     token_sum: int = 0
     leases: set[str] = field(default_factory=set)
     user_leases: dict[str, set[str]] = field(default_factory=dict)
@@ -359,8 +335,8 @@ class MemoryBackend:
         retry = 0.0
         if limits.max_concurrency is not None and len(counters.leases) >= limits.max_concurrency:
             reason, retry = "concurrency", 1.0
-        elif (limits.user_max_concurrency is not None and lease.user_id is not None
-              and len(user_leases) >= limits.user_max_concurrency):
+        elif (limits.max_user_concurrency is not None and lease.user_id is not None
+              and len(user_leases) >= limits.max_user_concurrency):
             reason, retry = "user_concurrency", 1.0
         elif limits.rpm is not None and len(counters.requests) >= limits.rpm:
             reason = "requests"
@@ -383,7 +359,7 @@ class MemoryBackend:
                 counters.token_sum += reserve_tokens
             if limits.max_concurrency is not None:
                 counters.leases.add(lease.id)
-            if limits.user_max_concurrency is not None and lease.user_id is not None:
+            if limits.max_user_concurrency is not None and lease.user_id is not None:
                 counters.user_leases.setdefault(lease.user_id, set()).add(lease.id)
         return Decision(
             admitted=reason is None, reason=reason, retry_after_s=max(0.0, retry),
@@ -599,7 +575,7 @@ class RedisBackend:
 
         reply = await self._call(self._acquire, self._keys(lease), [
             lease.id, self.window_ms, arg(limits.rpm), arg(limits.tpm), max(0, reserve_tokens),
-            arg(limits.max_concurrency), arg(limits.user_max_concurrency), self._ttl_ms,
+            arg(limits.max_concurrency), arg(limits.max_user_concurrency), self._ttl_ms,
             "1" if lease.user_id is not None else "0"])
         admitted, reason, retry_ms, requests, token_sum, rq_reset_ms, tk_reset_ms = reply
         reason_text = reason.decode() if isinstance(reason, bytes) else str(reason)

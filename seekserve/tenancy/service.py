@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from seekserve.api.auth import StaticKeyAuth
 from seekserve.settings import Settings
-from seekserve.tenancy.auth import TenantAuth
+from seekserve.tenancy.auth import StaticKeyAuth, TenantAuth
 from seekserve.tenancy.budget import Budget, Prices
 from seekserve.tenancy.keys import KeyStore
 from seekserve.tenancy.ledger import Ledger
@@ -14,8 +13,19 @@ from seekserve.tenancy.store import Store
 
 
 def keys_required(settings: Settings) -> bool:
-    """Keys are required once static keys or an admin key are configured."""
+    """Keys are required by the configuration: static keys or an admin key (managed keys in the
+    store require them too; `TenantAuth` reads those)."""
     return bool(settings.api_keys) or settings.admin_key is not None
+
+
+async def count_managed_keys(settings: Settings) -> int:
+    """How many managed keys the configured store holds (migrating it first, as serving does)."""
+    store = Store.from_settings(settings)
+    try:
+        await store.migrate()
+        return await KeyStore(store).count()
+    finally:
+        await store.aclose()
 
 
 @dataclass
@@ -45,6 +55,7 @@ class Tenancy:
 
     async def start(self) -> None:
         await self.store.migrate()
+        await self.auth.read_managed_keys()
         await self.ledger.start()
 
     async def stop(self) -> None:

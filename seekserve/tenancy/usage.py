@@ -22,12 +22,31 @@ _GROUP_COLUMNS: dict[GroupBy, ColumnElement[Any]] = {
 }
 
 
+def row_filters(*, key_id: str | None, model: str | None = None, start: date | None = None,
+                end: date | None = None) -> list[ColumnElement[bool]]:
+    """The conditions picking usage rows: `key_id` None means rows without a managed key,
+    ALL_KEYS every row; `model` one model's; `start` to `end` UTC days, both included."""
+    u = usage.c
+    conditions: list[ColumnElement[bool]] = []
+    if key_id is None:
+        conditions.append(u.key_id.is_(None))
+    elif key_id != ALL_KEYS:
+        conditions.append(u.key_id == key_id)
+    if model is not None:
+        conditions.append(u.model == model)
+    if start is not None:
+        conditions.append(u.day >= start)
+    if end is not None:
+        conditions.append(u.day <= end)
+    return conditions
+
+
 async def usage_report(store: Store, *, key_id: str | None, group_by: Sequence[GroupBy],
-                       start: date | None = None, end: date | None = None
-                       ) -> list[dict[str, Any]]:
+                       start: date | None = None, end: date | None = None,
+                       model: str | None = None) -> list[dict[str, Any]]:
     """Totals per group; `key_id` None means rows without a managed key, ALL_KEYS every row.
 
-    `start` and `end` are UTC dates, both included."""
+    `start` and `end` are UTC dates, both included; `model` keeps only that model's rows."""
     u = usage.c
     groups = [_GROUP_COLUMNS[g].label(g) for g in group_by]
     query = select(
@@ -39,14 +58,7 @@ async def usage_report(store: Store, *, key_id: str | None, group_by: Sequence[G
         func.coalesce(func.sum(u.cached_tokens), 0).label("cached_tokens"),
         func.coalesce(func.sum(u.cost_nanos), 0).label("cost_nanos"),
     )
-    if key_id is None:
-        query = query.where(u.key_id.is_(None))
-    elif key_id != ALL_KEYS:
-        query = query.where(u.key_id == key_id)
-    if start is not None:
-        query = query.where(u.day >= start)
-    if end is not None:
-        query = query.where(u.day <= end)
+    query = query.where(*row_filters(key_id=key_id, model=model, start=start, end=end))
     if groups:
         query = query.group_by(*groups).order_by(*groups)
     async with store.read() as conn:

@@ -14,8 +14,9 @@ import openai
 import pytest
 from starlette.types import Message
 
-from seekserve.api.sse import KEEPALIVE, PatientJSONResponse, SSEResponse
-from seekserve.errors import RateLimitedError
+from seekserve.api.sse import PatientJSONResponse, SSEResponse
+from seekserve.protocol.errors import RateLimitedError
+from seekserve.protocol.exchange import KEEPALIVE_COMMENT as KEEPALIVE
 from tests.api.conftest import MODEL, asgi_client, build_app, chat_body, live_server, sse_json
 from tests.fakes import FakeEngine
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +30,24 @@ class Server:
     api_key: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    # The clients handed out, closed by stop_server (their pooled sockets otherwise leak).
+    opened: list[openai.OpenAI | httpx.Client] = field(default_factory=list)
 
     @property
     def v1(self) -> str:
         return f"{self.base_url}/v1"
 
     def client(self, **kwargs: object) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.v1, api_key=self.api_key, max_retries=0,
-                             timeout=120, **kwargs)  # type: ignore[arg-type]
+        client = openai.OpenAI(base_url=self.v1, api_key=self.api_key, max_retries=0,
+                               timeout=120, **kwargs)  # type: ignore[arg-type]
+        self.opened.append(client)
+        return client
 
     def http(self) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=120,
-                            headers={"Authorization": f"Bearer {self.api_key}"})
+        client = httpx.Client(base_url=self.base_url, timeout=120,
+                              headers={"Authorization": f"Bearer {self.api_key}"})
+        self.opened.append(client)
+        return client
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -105,6 +111,9 @@ def with_thinking_default(config: dict[str, object], default: str) -> dict[str, 
 
 
 def stop_server(server: Server) -> None:
+    for client in server.opened:
+        client.close()
+    server.opened.clear()
     server.process.terminate()
     try:
         server.process.wait(timeout=30)
@@ -136,3 +145,15 @@ def usage_row(data_dir: Path, user_id: str) -> dict[str, Any] | None:
         db.row_factory = sqlite3.Row
         found = db.execute("SELECT * FROM usage WHERE user_id = ?", (user_id,)).fetchone()
     return dict(found) if found else None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """llama-cpp-python opens /dev/null twice when `Llama` is first used (llama_cpp/_utils.py,
+    for its output suppression) and never closes it; tests that count tokens with `Llama`
+    would end the run with two ResourceWarnings at exit. Closed here, after the last test."""
+    utils = sys.modules.get("llama_cpp._utils")
+    if utils is not None:
+        for name in ("outnull_file", "errnull_file"):
+            handle = getattr(utils, name, None)
+            if handle is not None:
+                handle.close()

@@ -381,3 +381,18 @@ def test_shutdown_ends_running_streams_with_an_in_band_error(tmp_path: Path) -> 
         assert "Application shutdown complete" in srv.log()
     finally:
         stop_server(srv)
+
+
+def test_ready_and_the_banner_name_the_device_the_engine_runs_on(batching_server: Server) -> None:
+    state = _engine_state(batching_server)
+    assert state["layers"] == 25  # Qwen2.5-0.5B: 24 blocks + the output layer
+    assert state["devices"], state
+    if state["backend"] == "CPU":  # a CPU build (a GPU build offloads every layer)
+        assert state["gpu_layers"] == 0
+        assert state["devices"][0].startswith("CPU (")
+    else:
+        assert state["gpu_layers"] == 25
+    banner = [line for line in batching_server.log().splitlines()
+              if line.startswith("  engine embedded: llama.cpp ")]
+    assert len(banner) == 1, batching_server.log()[-2000:]
+    assert f" on {state['devices'][0]}" in banner[0]

@@ -75,8 +75,10 @@ def create_key(server: Server, **limits: Any) -> dict[str, Any]:
 
 
 def sdk(server: Server, key: str, path: str = "/v1") -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url + path, api_key=key, max_retries=0,
-                         timeout=120)
+    client = openai.OpenAI(base_url=server.base_url + path, api_key=key, max_retries=0,
+                           timeout=120)
+    server.opened.append(client)  # closed by stop_server
+    return client
 
 
 def eventually(check: Any, within: float, every: float = 0.1) -> Any:
@@ -196,6 +198,40 @@ def test_a_managed_key_is_limited_accounted_and_revoked(server: Server, data_dir
 
     assert eventually(refused, within=5), "a revoked key was still accepted after 5 s"
     assert time.monotonic() - revoked_at < 5
+
+
+def test_keys_made_with_the_cli_are_required_on_any_address(
+        model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`seekserve keys create`, then a server with no static or admin key bound to 0.0.0.0:
+    it starts (a managed key is a key), says which keys it requires, and refuses calls
+    without that key in the OpenAI shape."""
+    data = tmp_path_factory.mktemp("cli-keys")
+    env = dict(os.environ, SEEKSERVE_DATA_DIR=str(data))
+    env.pop("SEEKSERVE_API_KEYS", None)
+    cli = subprocess.run([sys.executable, "-m", "seekserve", "keys", "create", "--name", "ops"],
+                         capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+    assert cli.returncode == 0, cli.stderr
+    key = cli.stdout.splitlines()[1]
+    config = tenancy_config(model_path, server={"host": "0.0.0.0"})
+    del config["admin_key"]
+    srv = start_server(config, tmp_path_factory.mktemp("cli-keys-server"), api_key="",
+                       env={"SEEKSERVE_DATA_DIR": str(data)})
+    try:
+        assert "keys required: 1 managed key in the store" in srv.log()
+        for wrong in ("no-key", "sk-" + "x" * 43):
+            with pytest.raises(openai.AuthenticationError) as refused:
+                sdk(srv, wrong).chat.completions.create(
+                    model=MODEL, messages=QUESTION, max_tokens=2)
+            assert refused.value.status_code == 401
+        missing = httpx.post(srv.base_url + "/v1/chat/completions", timeout=30,
+                             json={"model": MODEL, "messages": QUESTION, "max_tokens": 2})
+        assert missing.status_code == 401
+        assert missing.json()["error"]["code"] == "missing_api_key"
+        answer = sdk(srv, key).chat.completions.create(model=MODEL, messages=QUESTION,
+                                                      max_tokens=2)
+        assert answer.usage is not None and answer.usage.completion_tokens == 2
+    finally:
+        stop_server(srv)
 
 
 def test_flagged_output_stops_with_content_filter(server: Server, data_dir: Path) -> None:

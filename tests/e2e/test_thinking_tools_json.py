@@ -263,7 +263,7 @@ def test_json_mode_always_parses_30_prompts_streamed_and_not(client: openai.Open
     def ask(item: tuple[str, bool]) -> str:
         topic, stream = item
         kwargs: dict[str, Any] = {
-            # JSON mode steers the object closed in the last quarter of max_tokens.
+            # JSON mode forces the closing of the object when the tokens left just fit it.
             "model": MODEL, "response_format": {"type": "json_object"}, "max_tokens": 200,
             "messages": [{"role": "user", "content":
                           f"Describe {topic} as a short JSON object (a few keys)."}],

@@ -1,5 +1,6 @@
 """A scripted OpenAI-compatible upstream for the remote-engine tests, served by a real uvicorn on
-a loopback port: each chat request takes the next behaviour from its script."""
+a loopback port: each chat request (or vLLM-shaped token completion) takes the next behaviour
+from its script."""
 
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ def usage_chunk() -> bytes:
 @dataclass
 class FakeUpstream:
     """`script` items: "ok" (answers "Hello"), "drop" (one chunk, then the connection breaks),
-    "slow" (a chunk every 0.05 s for 10 s), "hang" (no answer for 10 s), or an HTTP status
-    (an error body; 429 with Retry-After: 7). An empty script answers "ok"."""
+    "slow" (a chunk every 0.05 s for 10 s), "hang" (no answer for 10 s), "hold" (token
+    completions: no answer until `release`), or an HTTP status (an error body; 429 with
+    Retry-After: 7). An empty script answers "ok"."""
 
     script: list[str | int] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
@@ -47,10 +49,15 @@ class FakeUpstream:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     healthy: bool = True
     url: str = ""
+    # What /v1/completions answers, one token per chunk (the token protocol's upstream).
+    token_ids: list[int] = field(default_factory=lambda: [9707])
+    # A "hold" request answers once this is set (or after 60 s).
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> Starlette:
         return Starlette(routes=[
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/completions", self._completions, methods=["POST"]),
             Route("/health", self._health),
         ])
 
@@ -75,6 +82,43 @@ class FakeUpstream:
                                          "reasoning_content": "Greet."},
                  "finish_reason": "stop"}], "usage": USAGE})
         return StreamingResponse(self._events(action), media_type="text/event-stream")
+
+    async def _completions(self, request: Request) -> Response:
+        """vLLM's token-level completions, streamed: `token_ids` then a `stop` (a "slow" one
+        sends a token every 0.05 s until max_tokens; a "hold" one answers once `release` is
+        set)."""
+        body = await request.json()
+        self.bodies.append(body)
+        self.headers.append(dict(request.headers))
+        action = self.script.pop(0) if self.script else "ok"
+        if isinstance(action, int):
+            return JSONResponse({"error": {"message": f"scripted {action}"}},
+                                status_code=action)
+        if action == "hold":
+            try:
+                await asyncio.wait_for(self.release.wait(), 60)
+            except TimeoutError:
+                pass
+        return StreamingResponse(self._token_events(action, int(body["max_tokens"])),
+                                 media_type="text/event-stream")
+
+    async def _token_events(self, action: str, max_tokens: int) -> AsyncIterator[bytes]:
+        def event(ids: list[int], finish: str | None = None, **extra: Any) -> bytes:
+            choice = {"index": 0, "text": "", "token_ids": ids, "finish_reason": finish}
+            return b"data: " + json.dumps({"id": "cmpl-1", "object": "text_completion",
+                                           "choices": [choice], **extra}).encode() + b"\n\n"
+
+        try:
+            count = max_tokens if action == "slow" else min(max_tokens, len(self.token_ids))
+            for i in range(count):
+                yield event([self.token_ids[i % len(self.token_ids)]])
+                if action == "slow":
+                    await asyncio.sleep(0.05)
+            yield event([], "length" if count == max_tokens else "stop")
+            yield b"data: [DONE]\n\n"
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
 
     async def _events(self, action: str | int) -> AsyncIterator[bytes]:
         try:

@@ -8,9 +8,15 @@ from pathlib import Path
 import pytest
 
 from seekserve.app import default_model_path
-from seekserve.engines.remote.passthrough import build_remote_engines
+from seekserve.chat.passthrough import build_passthroughs
 from seekserve.engines.remote.tokens import RemoteTokenEngine
-from seekserve.settings import RemoteEngineSettings, Settings, SettingsError, default_data_dir
+from seekserve.settings import (
+    LimitSettings,
+    RemoteEngineSettings,
+    Settings,
+    SettingsError,
+    default_data_dir,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -25,7 +31,7 @@ def test_example_config_loads_and_builds(name: str, engines: dict[str, int], env
     for var in env:
         monkeypatch.setenv(var, "sk-example")
     settings = Settings.load(EXAMPLES / name)
-    remotes = build_remote_engines(settings.engines)
+    remotes = build_passthroughs(settings.engines, LimitSettings())
     assert {n: len(r.replicas) for n, r in remotes.items()} == engines
     for spec in settings.engines.values():
         assert isinstance(spec, RemoteEngineSettings)
@@ -39,7 +45,7 @@ def test_a_missing_credential_is_a_settings_error(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
     settings = Settings.load(EXAMPLES / "remote-vllm.yaml")
     with pytest.raises(SettingsError, match=r"\$VLLM_API_KEY, which is not set"):
-        build_remote_engines(settings.engines)
+        build_passthroughs(settings.engines, LimitSettings())
 
 
 def test_the_token_protocol_example_loads_and_builds_its_engine(
@@ -49,7 +55,8 @@ def test_the_token_protocol_example_loads_and_builds_its_engine(
     spec = settings.engines["v4-tokens"]
     assert isinstance(spec, RemoteEngineSettings)
     assert (spec.protocol, spec.upstream, spec.max_sequence_tokens) == ("tokens", "vllm", 393216)
-    assert build_remote_engines(settings.engines) == {}  # a token engine, not a pass-through
+    # A token engine, not a pass-through:
+    assert build_passthroughs(settings.engines, LimitSettings()) == {}
     # Built as the app builds it, with the default model's vocabulary in place of the example's
     # (absent here) V4 vocabulary file.
     engine = RemoteTokenEngine("v4-tokens", spec.model_copy(update={"tokenizer": None}),

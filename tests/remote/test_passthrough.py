@@ -19,9 +19,10 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from seekserve.app import create_app
-from seekserve.engines.remote.passthrough import RemoteEngine
-from seekserve.engines.remote.router import Replica, affinity_key, rendezvous_order
+from seekserve.chat.passthrough import PassthroughChat
+from seekserve.engines.remote.router import Replica, rendezvous_order
 from seekserve.settings import Settings
+from seekserve.tenancy.identity import Caller, RequestIdentity
 from seekserve.tenancy.schema import usage
 from tests.api.conftest import asgi_client, live_server, sse_json
 from tests.ports import free_port
@@ -47,16 +48,17 @@ def chat(**fields: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], **fields}
 
 
-def remote(app: FastAPI) -> RemoteEngine:
-    engine: RemoteEngine = app.state.services.remotes["up"]
+def remote(app: FastAPI) -> PassthroughChat:
+    engine: PassthroughChat = app.state.services.backends["up"]
     return engine
 
 
 def user_preferring(replicas: list[Replica], name: str) -> str:
     """A user_id whose first choice is the replica at `name`."""
-    digest = hashlib.sha256(KEY.encode()).digest()
+    caller = Caller(hashlib.sha256(KEY.encode()).digest())
     for i in range(1000):
-        if rendezvous_order(affinity_key(digest, f"user-{i}"), replicas)[0].name == name:
+        affinity = RequestIdentity.of(caller, f"user-{i}", cache_secret=b"").affinity
+        if rendezvous_order(affinity, replicas)[0].name == name:
             return f"user-{i}"
     raise AssertionError("no such user")
 
@@ -262,3 +264,23 @@ async def usage_rows(app: FastAPI) -> dict[str, dict[str, Any]]:
     async with tenancy.store.read() as conn:
         rows = (await conn.execute(select(usage))).mappings().all()
     return {row["request_id"]: dict(row) for row in rows}
+
+
+async def test_replicas_at_their_in_flight_limit_answer_a_fast_503_overloaded(data_dir: Path
+                                                                              ) -> None:
+    async with upstreams(["slow"]) as [up]:
+        app = gateway([up.url], data_dir, max_in_flight=1)
+        async with live_server(app) as base, httpx.AsyncClient(
+                base_url=base, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as client:
+            async with client.stream("POST", "/v1/chat/completions",
+                                     json=chat(stream=True)) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("data: ") and '"."' in line:
+                        break
+                refused = await client.post("/v1/chat/completions", json=chat())
+                assert remote(app).state().running == 1
+            error = refused.json()["error"]
+            assert (refused.status_code, error["code"]) == (503, "server_overloaded")
+            assert refused.headers["retry-after"] == "1"
+            assert "max_in_flight" in error["message"]
+            assert len(up.bodies) == 1  # the refused request never went upstream

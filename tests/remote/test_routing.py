@@ -7,9 +7,15 @@ from collections import Counter
 
 from seekserve.engines.remote.client import ReplicaClient
 from seekserve.engines.remote.health import CircuitBreaker, HealthMonitor
-from seekserve.engines.remote.router import Replica, affinity_key, choose, rendezvous_order
-from seekserve.engines.remote.translate import PROFILES
+from seekserve.engines.remote.profiles import PROFILES
+from seekserve.engines.remote.router import Replica, choose, rendezvous_order
 from seekserve.settings import RemoteEngineSettings
+from seekserve.tenancy.identity import Caller, RequestIdentity
+
+
+def affinity_key(key_digest: bytes, user_id: str | None) -> bytes:
+    """The affinity the gateway derives for (key, user_id)."""
+    return RequestIdentity.of(Caller(key_digest), user_id, cache_secret=b"").affinity
 
 
 class FakeClock:

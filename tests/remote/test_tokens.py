@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import pytest
 
-from seekserve.api.schemas import ChatCompletionRequest
 from seekserve.app import default_model_path
 from seekserve.chat.plan import THINK_CLOSE, build_constraint, plan_output
 from seekserve.chat.structured import GrammarCompiler
@@ -27,7 +26,8 @@ from seekserve.engines.base import (
     TokenEvent,
 )
 from seekserve.engines.remote.tokens import LARK_PREFIX, RemoteTokenEngine, SglangDialect
-from seekserve.errors import UpstreamError
+from seekserve.protocol.errors import UpstreamError
+from seekserve.protocol.openai_chat import ChatCompletionRequest, to_chat_request
 from seekserve.settings import RemoteEngineSettings, default_data_dir
 
 RECORDED = Path(__file__).parent / "recorded"
@@ -94,8 +94,8 @@ def text_of(engine: RemoteTokenEngine, events: list[GenerationEvent]) -> str:
 
 def chat_constraint(engine: RemoteTokenEngine, *, thinking: int | None = None,
                     max_tokens: int = 200, **fields: Any) -> Any:
-    req = ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields})
+    req = to_chat_request(ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}))
     plan = plan_output(req, ThinkingPlan(thinking is not None, "high", thinking or 0))
     compiler = GrammarCompiler(engine.tokenizer.grammar_vocabulary())
     return build_constraint(plan, req, engine.tokenizer, compiler, max_tokens=max_tokens)

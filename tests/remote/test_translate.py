@@ -10,19 +10,23 @@ from typing import Any
 
 import pytest
 
-from seekserve.api.schemas import ChatCompletionRequest
-from seekserve.chat.service import Usage
-from seekserve.engines.remote.translate import (
-    PROFILES,
+from seekserve.chat.upstream import (
     Piece,
     build_body,
-    error_message,
     estimate_prompt_tokens,
     parse_chunk,
     parse_completion,
-    upstream_user,
 )
-from seekserve.errors import InvalidRequestError
+from seekserve.engines.remote.profiles import PROFILES, error_message
+from seekserve.protocol.errors import InvalidRequestError
+from seekserve.protocol.neutral import ChatRequest, Usage
+from seekserve.protocol.openai_chat import ChatCompletionRequest, to_chat_request
+from seekserve.tenancy.identity import Caller, RequestIdentity
+
+
+def upstream_user(key_digest: bytes, user_id: str | None) -> str | None:
+    """The end user's pseudonym the gateway derives for (key, user_id)."""
+    return RequestIdentity.of(Caller(key_digest), user_id, cache_secret=b"").upstream_user
 
 RECORDED = Path(__file__).parent / "recorded"
 
@@ -187,10 +191,10 @@ def test_error_messages_are_read_from_each_shape() -> None:
 
 # ----- request bodies -----
 
-def request(**fields: Any) -> ChatCompletionRequest:
+def request(**fields: Any) -> ChatRequest:
     body = {"model": "deepseek-v4-pro",
             "messages": [{"role": "user", "content": "Hi"}], **fields}
-    return ChatCompletionRequest.model_validate(body)
+    return to_chat_request(ChatCompletionRequest.model_validate(body))
 
 
 def test_vllm_thinking_goes_to_chat_template_kwargs_with_its_effort() -> None:

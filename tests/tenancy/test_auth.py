@@ -15,10 +15,9 @@ import pytest
 from sqlalchemy.engine import URL
 from starlette.requests import Request
 
-from seekserve.api.auth import StaticKeyAuth
-from seekserve.errors import AuthenticationError, ServiceUnavailableError
+from seekserve.protocol.errors import AuthenticationError, ServiceUnavailableError
 from seekserve.settings import Settings, SettingsError
-from seekserve.tenancy.auth import TenantAuth
+from seekserve.tenancy.auth import StaticKeyAuth, TenantAuth
 from seekserve.tenancy.keys import KeyLimits, KeyStore
 from seekserve.tenancy.store import Store, default_url
 from tests.api.conftest import MAAS_MODEL, MODEL, asgi_client, build_app, chat_body
@@ -199,19 +198,91 @@ async def test_key_strings_full_of_sql_metacharacters_are_refused(
     assert [k["revoked_at"] for k in listed] == [None]
 
 
-async def test_an_open_server_still_refuses_a_revoked_managed_key(tmp_path: Path) -> None:
-    app = build_app(FakeEngine(), **store_settings(default_url(tmp_path / "data"), tmp_path))
+def open_app(tmp_path: Path, **store: Any) -> Any:
+    """No static key, no admin key: keys are required only by what the store holds."""
+    return build_app(FakeEngine(), api_keys=[], admin_key=None,
+                     **store_settings(default_url(tmp_path / "data"), tmp_path, **store))
+
+
+async def test_a_managed_key_in_the_store_makes_keys_required_at_start(tmp_path: Path) -> None:
+    """As after `seekserve keys create` and a restart: no key, a wrong key and a revoked key
+    are refused in the OpenAI error shape; the managed key works."""
+    store = Store(default_url(tmp_path / "data"))
+    await store.migrate()
+    created = await KeyStore(store).create("cli")
+    revoked = await KeyStore(store).create("old")
+    await KeyStore(store).revoke(revoked.key.id)
+    await store.aclose()
+    app = open_app(tmp_path)
     async with asgi_client(app) as client:
-        keys = app.state.services.tenancy.keys
-        created = await keys.create("open")
+        missing = await client.post("/v1/chat/completions", json=chat_body())
+        assert missing.status_code == 401
+        assert missing.json()["error"] == {
+            "message": "Missing API key: send it as `Authorization: Bearer <key>`.",
+            "type": "authentication_error", "param": None, "code": "missing_api_key"}
+        for wrong in ("anything", "sk-" + "x" * 43, revoked.plaintext):
+            refused = await client.get("/v1/models", headers=bearer(wrong))
+            assert refused.status_code == 401, wrong
+            assert refused.json()["error"]["type"] == "authentication_error"
+        assert (await client.post("/v1/completions", json={
+            "model": MODEL, "prompt": "x", "max_tokens": 2})).status_code == 401
+        assert (await client.get("/v1/models", headers=bearer(created.plaintext))
+                ).status_code == 200
+        ok = await client.post("/v1/chat/completions", json=chat_body(),
+                               headers=bearer(created.plaintext))
+        assert ok.status_code == 200, ok.text
+
+
+async def test_a_key_created_while_serving_closes_the_open_server(tmp_path: Path) -> None:
+    """Created by another process (the CLI): this replica reads the store again once its
+    `key_cache_s` has passed (0 here, so at the next request); revoking every key does not
+    open it again."""
+    app = open_app(tmp_path, key_cache_s=0)
+    async with asgi_client(app) as client:
         assert (await client.get("/v1/models")).status_code == 200
         assert (await client.get("/v1/models", headers=bearer("anything"))).status_code == 200
-        assert (await client.get("/v1/models",
-                                 headers=bearer(created.plaintext))).status_code == 200
-        await keys.revoke(created.key.id)
+        other_process = Store(default_url(tmp_path / "data"))
+        created = await KeyStore(other_process).create("cli")
+        assert (await client.get("/v1/models")).status_code == 401
+        assert (await client.get("/v1/models", headers=bearer("anything"))).status_code == 401
+        assert (await client.get("/v1/models", headers=bearer(created.plaintext))
+                ).status_code == 200
+        await KeyStore(other_process).revoke(created.key.id)
+        await other_process.aclose()
         app.state.services.auth.forget(created.key)
-        assert (await client.get("/v1/models",
-                                 headers=bearer(created.plaintext))).status_code == 401
+        assert (await client.get("/v1/models", headers=bearer(created.plaintext))
+                ).status_code == 401
+        assert (await client.get("/v1/models")).status_code == 401
+
+
+async def test_the_store_is_read_again_only_after_the_cache_window(store: Store) -> None:
+    now = [1000.0]
+    keys = KeyStore(store)
+    auth = TenantAuth(StaticKeyAuth([]), keys, require_key=False, cache_s=2.0,
+                      clock=lambda: now[0])
+    await auth.read_managed_keys()
+    anonymous = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
+    assert (await auth.authenticate(anonymous)).key_id is None
+    await keys.create("new")
+    now[0] += 1.9
+    assert (await auth.authenticate(anonymous)).key_id is None  # not read again yet
+    now[0] += 0.2
+    with pytest.raises(AuthenticationError, match="Missing API key"):
+        await auth.authenticate(anonymous)
+    assert auth.enabled
+
+
+async def test_an_unreachable_store_refuses_an_anonymous_call_it_cannot_vouch_for(
+        store: Store) -> None:
+    class DownKeyStore(KeyStore):
+        async def count(self) -> int:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    auth = TenantAuth(StaticKeyAuth([]), DownKeyStore(store), require_key=False, cache_s=2.0)
+    anonymous = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
+    with pytest.raises(ServiceUnavailableError) as info:
+        await auth.authenticate(anonymous)
+    assert info.value.code == "key_store_unavailable"
 
 
 def test_the_key_cache_cannot_outlive_the_revocation_promise(tmp_path: Path) -> None:

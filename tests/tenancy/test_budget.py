@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from seekserve.api.auth import Caller
-from seekserve.errors import InsufficientBalanceError
+from seekserve.protocol.errors import InsufficientBalanceError
 from seekserve.settings import ModelPricing
 from seekserve.tenancy.budget import Budget, Prices, Reservation
+from seekserve.tenancy.identity import Caller
 from seekserve.tenancy.keys import KeyLimits, KeyStore
 from seekserve.tenancy.money import to_nanos
 from seekserve.tenancy.schema import api_keys, budget_reservations

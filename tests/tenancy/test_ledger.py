@@ -85,6 +85,8 @@ async def proxied_store(pg_database: str) -> AsyncIterator[tuple[Store, TcpProxy
     finally:
         await through.aclose()
         await direct.aclose()
+        if proxy.serving:
+            await proxy.stop()
 
 
 async def test_a_database_outage_keeps_rows_in_the_journal_until_it_is_back(

@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 
-from seekserve.errors import RateLimitedError
+from seekserve.protocol.errors import RateLimitedError
 from seekserve.settings import RateLimitSettings
+from seekserve.tenancy.keys import KeyLimits
 from seekserve.tenancy.limits import (
-    KeyLimits,
     Limiter,
     MemoryBackend,
     format_reset,
@@ -173,7 +173,7 @@ async def test_concurrent_requests_hold_slots_until_released(
 
 async def test_user_concurrency_is_per_user_under_a_key(
         limiter: Limiter, events: RecordedEvents) -> None:
-    limits = KeyLimits(user_max_concurrency=1)
+    limits = KeyLimits(max_user_concurrency=1)
     alice = await limiter.admit("k", "alice", limits, 0)
     await limiter.admit("k", "bob", limits, 0)
     with pytest.raises(RateLimitedError) as refused:
@@ -208,9 +208,9 @@ async def test_a_key_without_limits_gets_no_headers_and_counts_nothing(
 def test_keys_without_limits_take_the_settings_defaults() -> None:
     settings = RateLimitSettings(default_rpm=60, default_tpm=10_000,
                                  default_user_max_concurrency=2)
-    assert KeyLimits.defaults(settings) == KeyLimits(
-        rpm=60, tpm=10_000, max_concurrency=None, user_max_concurrency=2)
-    assert KeyLimits.defaults(RateLimitSettings()).unlimited
+    assert KeyLimits().with_rate_defaults(settings) == KeyLimits(
+        rpm=60, tpm=10_000, max_concurrency=None, max_user_concurrency=2)
+    assert KeyLimits().with_rate_defaults(RateLimitSettings()).unlimited
 
 
 def test_a_limit_below_one_is_rejected() -> None:

@@ -10,8 +10,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Message, Receive, Scope, Send
 
+from seekserve.api.access_log import AccessLogMiddleware, RequestContext, incoming_request_id
 from seekserve.engines.base import EngineState
-from seekserve.metrics import AccessLogMiddleware, Metrics, RequestContext, incoming_request_id
+from seekserve.metrics import Metrics
 from tests.api.conftest import asgi_client, build_app
 from tests.fakes import FakeEngine
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from fastapi import FastAPI, Request
 
-from seekserve.errors import ContentFilterError, ServiceUnavailableError
 from seekserve.moderation import Moderator, OutputGuard, RuleSet
+from seekserve.protocol.errors import ContentFilterError, ServiceUnavailableError
 from seekserve.settings import (
     ModerationRuleSettings,
     ModerationSettings,

@@ -103,7 +103,7 @@ def test_json_grammar_yields_parseable_json_even_from_a_model_that_wants_junk() 
 
 
 @pytest.mark.parametrize("max_tokens", [30, 60, 200])
-def test_near_max_tokens_the_json_is_steered_closed(max_tokens: int) -> None:
+def test_near_max_tokens_the_json_is_closed(max_tokens: int) -> None:
     comp = compiler()
     schema = {"type": "object", "properties": {"a": {"type": "array", "items": {
         "type": "object", "properties": {"s": {"type": "string"}}}}}}
@@ -116,6 +116,51 @@ def test_near_max_tokens_the_json_is_steered_closed(max_tokens: int) -> None:
                                byte("s"), byte(":")], steps=max_tokens)
     assert c.finished
     assert isinstance(json.loads(out), dict)
+
+
+def adversary(seed: int) -> Callable[[int], list[int]]:
+    """A "model" that opens strings, arrays and objects and writes `]`/`}` inside strings (as
+    a small model in JSON mode did), in a seeded random order."""
+    rng = np.random.default_rng(seed)
+    alphabet = [byte(c) for c in '{["x]}:,0\\']
+    return lambda step: [int(t) for t in rng.permutation(alphabet)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("max_tokens", [6, 9, 14, 23, 31, 45, 80])
+def test_json_mode_ends_complete_whenever_the_closing_fits(max_tokens: int, seed: int) -> None:
+    c = SequenceConstraint(think=None, answer=AnswerRule(mode="grammar", lark=json_schema_grammar(
+        {"type": "object"})), compiler=compiler(), piece=TOK.piece, end_tokens=[END],
+        max_tokens=max_tokens)
+    out = run(c, adversary(seed), steps=max_tokens)
+    assert isinstance(json.loads(out), dict), out
+
+
+def test_a_closing_that_cannot_fit_is_cut_at_max_tokens() -> None:
+    # `{"a":` needs a value and `}`: the schema's two required keys cannot fit in 4 tokens.
+    schema = {"type": "object", "properties": {"long_key_one": {"type": "string"},
+                                               "long_key_two": {"type": "string"}},
+              "required": ["long_key_one", "long_key_two"], "additionalProperties": False}
+    c = SequenceConstraint(think=None, answer=AnswerRule(mode="grammar",
+                                                         lark=json_schema_grammar(schema)),
+                           compiler=compiler(), piece=TOK.piece, end_tokens=[END], max_tokens=4)
+    out = run(c, adversary(0), steps=4)
+    assert not c.finished and len(out) == 4
+
+
+def test_required_keys_are_written_by_the_closing() -> None:
+    schema = {"type": "object", "properties": {
+        "name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
+        "size": {"enum": ["small", "large"]}},
+        "required": ["name", "tags", "size"], "additionalProperties": False}
+    c = SequenceConstraint(think=None, answer=AnswerRule(mode="grammar",
+                                                         lark=json_schema_grammar(schema)),
+                           compiler=compiler(), piece=TOK.piece, end_tokens=[END],
+                           max_tokens=60)
+    # A model that never stops writing the name.
+    out = run(c, lambda step: [byte("y"), byte('"')] if step > 9 else [], steps=60)
+    value = json.loads(out)
+    assert set(value) == {"name", "tags", "size"} and value["size"] in ("small", "large")
 
 
 def test_tool_call_grammar_names_a_listed_function_and_validates_its_arguments() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from seekserve.chat.template import ChatTemplate
-from seekserve.errors import InvalidRequestError
+from seekserve.protocol.errors import InvalidRequestError
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
 

@@ -5,19 +5,27 @@ at most, one prompt chunk. Requests wait in a bounded queue and join between ste
 prompt is matched against the prefix cache of its isolation salt; the matched cells are shared
 (`llama_memory_seq_cp` on a unified KV cache), so only the rest is prefilled. When cells run
 out, cached entries are evicted least-recently-used first, then the newest running sequence is
-preempted (its cells freed, its tokens recomputed when it is admitted again).
+preempted (its cells freed, its tokens recomputed when it is admitted again). Those decisions
+(who expires, who is admitted, which prompt is fed by how much, who gives way) are the pure
+policy in `scheduler.py`; this module describes each situation to it and carries out its answers.
+
+The engine thread also loads the model and frees it: every llama.cpp call that touches the
+context or the device runs there. It is started with a deep stack (`ENGINE_STACK_BYTES`): a
+CUDA build crashed (SIGSEGV in llama_model_load_from_file) loading from a default-sized worker
+thread while the same load worked on the main thread, whose stack is the process's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
 import logging
-import math
 import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,19 +43,72 @@ from seekserve.engines.base import (
     QueueTimeout,
     ShuttingDown,
     StartEvent,
+    TokenEvent,
 )
+from seekserve.engines.llamacpp import devices
 from seekserve.engines.llamacpp.kvcache import CellLedger, CellPath, PrefixCache, common_prefix
 from seekserve.engines.llamacpp.model import LlamaModel, LlamaTokenizer
-from seekserve.engines.llamacpp.sampling import Sampler
+from seekserve.engines.llamacpp.sampling import Pick, Sampler, sample_step
+from seekserve.engines.llamacpp.scheduler import Evict, Scheduler, Shed
 from seekserve.settings import LlamaCppEngineSettings
 
 log = logging.getLogger(__name__)
 
 _Outbox = asyncio.Queue[GenerationEvent | EngineFailure]
 
-# Cells a newly admitted sequence must find free beyond its prompt, so that admitting it does
-# not force a preemption on the very next steps.
-_ADMISSION_HEADROOM = 32
+# The engine thread's stack: the main thread's is 8 MiB (or grows without limit), a worker
+# thread's is what pthreads gives (2 MiB where the stack rlimit is unlimited); the CUDA runtime
+# and ggml's backend setup use deep stacks while loading. Address space only: pages are touched
+# as they are used.
+ENGINE_STACK_BYTES = 256 * 2**20
+
+
+def start_deep_stack_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    """Start a daemon thread with ENGINE_STACK_BYTES of stack; the process-wide default for
+    threads started later is put back at once."""
+    previous = threading.stack_size(ENGINE_STACK_BYTES)
+    try:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+    finally:
+        threading.stack_size(previous)
+    return thread
+
+
+@dataclass(frozen=True)
+class LlamaCppEngineState(EngineState):
+    """EngineState plus where the model runs (strings: /ready shows them, gauges skip them)."""
+
+    backend: str = ""  # CUDA, CPU
+    devices: tuple[str, ...] = ()  # CUDA0 (NVIDIA H200, 140 GiB)
+    gpu_layers: int = 0  # layers offloaded, of `layers`
+    layers: int = 0
+
+
+def _deliver(items: list[tuple[_Outbox, GenerationEvent | EngineFailure]]) -> None:
+    for outbox, event in items:
+        outbox.put_nowait(event)
+
+
+class _Mailbox:
+    """Events the engine thread posts during a step, handed to each consumer's event loop in one
+    call per step: one wake-up of the loop for 64 streams' tokens, not 64. Engine thread only."""
+
+    def __init__(self) -> None:
+        self._by_loop: dict[asyncio.AbstractEventLoop,
+                            list[tuple[_Outbox, GenerationEvent | EngineFailure]]] = {}
+
+    def post(self, loop: asyncio.AbstractEventLoop, outbox: _Outbox,
+             event: GenerationEvent | EngineFailure) -> None:
+        self._by_loop.setdefault(loop, []).append((outbox, event))
+
+    def flush(self) -> None:
+        by_loop, self._by_loop = self._by_loop, {}
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that event loop is gone: nobody is listening
+                pass
 
 
 @dataclass(eq=False)
@@ -58,6 +119,7 @@ class _Sequence:
     sampler: Sampler
     outbox: _Outbox
     loop: asyncio.AbstractEventLoop
+    mailbox: _Mailbox
     tokens: list[int]  # prompt, then every sampled token
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None
@@ -70,10 +132,8 @@ class _Sequence:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def emit(self, event: GenerationEvent | EngineFailure) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.outbox.put_nowait, event)
-        except RuntimeError:  # the consumer's event loop is gone: nobody is listening
-            pass
+        """Delivered when the engine thread flushes its mailbox (after each step)."""
+        self.mailbox.post(self.loop, self.outbox, event)
 
     @property
     def remaining_prefill(self) -> int:
@@ -121,6 +181,7 @@ class LlamaCppEngine:
 
     def __init__(self, settings: LlamaCppEngineSettings, model_path: Path) -> None:
         self._settings = settings
+        self._policy = Scheduler.from_settings(settings)
         self._model_path = model_path
         self._model: LlamaModel | None = None
         self._ctx: ctypes.c_void_p | None = None
@@ -136,6 +197,7 @@ class LlamaCppEngine:
         self._stopping = False
         # Engine thread only.
         self._running: list[_Sequence] = []
+        self._mailbox = _Mailbox()
         self._n_seq_ids = settings.max_running + settings.prefix_cache_entries + 1
         self._free_seq_ids: list[int] = list(range(self._n_seq_ids))[::-1]
         self._cells = CellLedger(settings.n_ctx)
@@ -144,6 +206,10 @@ class LlamaCppEngine:
         self._max_seq_tokens = 0
         self._counters = {"prompt": 0, "hit": 0, "preempted": 0, "resources": 0}
         self._snapshot = EngineState(False, 0, 0, settings.n_ctx, 0)
+        self._placement: devices.Placement | None = None
+        # Helps the engine thread read a big step's logits (sampling.sample_step).
+        self._sample_pool_size = min(8, (os.cpu_count() or 1) // 2)
+        self._sample_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     # ----- Engine protocol -----
 
@@ -164,15 +230,41 @@ class LlamaCppEngine:
     @property
     def description(self) -> str:
         model = self._loaded()
-        return f"llama.cpp {model.name} ({model.path.name})"
+        where = f" on {self._placement}" if self._placement is not None else ""
+        return f"llama.cpp {model.name} ({model.path.name}){where}"
+
+    @property
+    def placement(self) -> devices.Placement | None:
+        """Where the loaded model's layers are (None before it is loaded)."""
+        return self._placement
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._load)
+        """Start the engine thread; it loads the model, then steps. Load errors raise here.
+        Cancelled while loading, the thread goes on: aclose() stops it and frees the model."""
+        loaded = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = start_deep_stack_thread(lambda: self._serve(loaded, failure),
+                                               "llamacpp-engine")
+        await asyncio.to_thread(loaded.wait)
+        if failure:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+            raise failure[0]
         with self._wake:
             self._accepting = True
-        self._thread = threading.Thread(target=self._run, name="llamacpp-engine", daemon=True)
-        self._thread.start()
         self._publish()
+
+    def _serve(self, loaded: threading.Event, failure: list[BaseException]) -> None:
+        """The engine thread: load, step until stopped, free what was loaded."""
+        try:
+            self._load()
+        except BaseException as exc:  # start() raises it
+            failure.append(exc)
+            return
+        finally:
+            loaded.set()
+        if self._run():
+            self._unload()
 
     async def drain(self, grace_s: float) -> None:
         with self._wake:
@@ -199,14 +291,19 @@ class LlamaCppEngine:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join)
             self._thread = None
-        self._unload()
+        self._unload()  # when the loop failed; a stopped loop has unloaded on its own thread
         self._publish()
 
     def state(self) -> EngineState:
         snap = self._snapshot
         with self._wake:
             queued, queued_tokens = len(self._queue), self._queued_tokens
-        return EngineState(
+        where = self._placement
+        return LlamaCppEngineState(
+            backend=where.backend if where else "",
+            devices=where.devices if where else (),
+            gpu_layers=where.gpu_layers if where else 0,
+            layers=where.layers if where else 0,
             loaded=self._ctx is not None and self._thread is not None,
             running=snap.running,
             queued=queued,
@@ -235,20 +332,16 @@ class LlamaCppEngine:
             sampler=Sampler(request.sampling),
             outbox=asyncio.Queue(),
             loop=asyncio.get_running_loop(),
+            mailbox=self._mailbox,
             tokens=list(request.prompt),
         )
-        s = self._settings
         with self._wake:
             if not self._accepting:
                 raise ShuttingDown("the server is shutting down")
-            if len(self._queue) >= s.max_queued:
-                raise EngineOverloaded(
-                    f"{len(self._queue)} requests are already queued "
-                    f"(engines.max_queued is {s.max_queued})", self._retry_after())
-            if self._queue and self._queued_tokens + prompt_len > s.max_queued_tokens:
-                raise EngineOverloaded(
-                    f"{self._queued_tokens} prompt tokens are already queued "
-                    f"(engines.max_queued_tokens is {s.max_queued_tokens})", self._retry_after())
+            refusal = self._policy.refusal(len(self._queue), self._queued_tokens, prompt_len)
+            if refusal is not None:
+                raise EngineOverloaded(refusal, self._policy.retry_after(
+                    self._queued_tokens, self._prefill_rate))
             self._queue.append(seq)
             self._queued_tokens += prompt_len
             self._wake.notify_all()
@@ -259,10 +352,6 @@ class LlamaCppEngine:
         with self._wake:
             self._wake.notify_all()
 
-    def _retry_after(self) -> int:
-        """Seconds until the queued prompts are likely prefilled (caller holds _wake)."""
-        return max(1, min(60, math.ceil(self._queued_tokens / self._prefill_rate)))
-
     # ----- loading -----
 
     def _loaded(self) -> LlamaModel:
@@ -271,8 +360,19 @@ class LlamaCppEngine:
         return self._model
 
     def _load(self) -> None:
-        model = LlamaModel(self._model_path)
         s = self._settings
+        gpus = devices.gpus()
+        if gpus and s.main_gpu >= len(gpus):
+            raise EngineFailure(
+                f"engines main_gpu is {s.main_gpu} but llama.cpp lists {len(gpus)} GPU(s): "
+                + ", ".join(str(d) for d in gpus))
+        if s.gpu_layers and not gpus:
+            log.warning("gpu_layers is %d but this llama.cpp build has no GPU backend "
+                        "(scripts/install.sh builds with CUDA where nvcc and a GPU are found); "
+                        "the model runs on the CPU", s.gpu_layers)
+        n_gpu_layers = devices.gpu_layers_wanted(s.gpu_layers, gpus)
+        model = LlamaModel(self._model_path, gpu_layers=n_gpu_layers, main_gpu=s.main_gpu,
+                           split_mode=devices.SPLIT_MODES[s.split_mode])
         params = lc.llama_context_default_params()
         params.n_ctx = s.n_ctx
         params.n_batch = s.n_batch
@@ -297,13 +397,21 @@ class LlamaCppEngine:
         self._ctx = ctx
         self._mem = lc.llama_get_memory(ctx)
         self._batch = lc.llama_batch_init(s.n_batch, 0, 1)
+        if self._sample_pool_size > 1:
+            self._sample_pool = concurrent.futures.ThreadPoolExecutor(
+                self._sample_pool_size, thread_name_prefix="llamacpp-sampling")
         limit = s.max_sequence_tokens or s.n_ctx
         self._max_seq_tokens = min(limit, s.n_ctx, model.n_ctx_train or limit)
-        log.info("loaded %s: n_ctx=%d, max sequence tokens=%d, max running=%d, cache entries=%d,"
-                 " threads=%d", model.path, s.n_ctx, self._max_seq_tokens, s.max_running,
-                 s.prefix_cache_entries, threads)
+        self._placement = devices.placement(model.n_layer, n_gpu_layers, s.main_gpu,
+                                            s.split_mode, gpus)
+        log.info("loaded %s on %s: n_ctx=%d, max sequence tokens=%d, max running=%d, "
+                 "cache entries=%d, threads=%d", model.path, self._placement, s.n_ctx,
+                 self._max_seq_tokens, s.max_running, s.prefix_cache_entries, threads)
 
     def _unload(self) -> None:
+        if self._sample_pool is not None:
+            self._sample_pool.shutdown()
+            self._sample_pool = None
         if self._batch is not None:
             lc.llama_batch_free(self._batch)
             self._batch = None
@@ -316,7 +424,8 @@ class LlamaCppEngine:
 
     # ----- the loop (engine thread only from here on) -----
 
-    def _run(self) -> None:
+    def _run(self) -> bool:
+        """Step until stopped (True) or until the loop fails (False)."""
         try:
             while True:
                 with self._wake:
@@ -326,19 +435,23 @@ class LlamaCppEngine:
                     if self._stopping:
                         break
                     aborting = self._aborting
-                if aborting:
-                    self._abort_running()
-                self._expire_queued()
-                self._retire_cancelled()
-                self._admit()
-                if self._running:
-                    self._step()
-                self._publish()
+                try:
+                    if aborting:
+                        self._abort_running()
+                    self._expire_queued()
+                    self._retire_cancelled()
+                    self._admit()
+                    if self._running:
+                        self._step()
+                    self._publish()
+                finally:
+                    self._mailbox.flush()
         except Exception:
             log.exception("the engine loop failed")
             self._fail_all(EngineFailure("the engine failed"))
-            return
+            return False
         self._fail_all(ShuttingDown("the server is shutting down"))
+        return True
 
     def _publish(self) -> None:
         running_paths = [s.path for s in self._running if s.path is not None]
@@ -365,20 +478,20 @@ class LlamaCppEngine:
 
     def _expire_queued(self) -> None:
         now = time.monotonic()
-        deadline = self._settings.queue_deadline_s
         with self._wake:
             accepting = self._accepting
             waiting = list(self._queue)
         for seq in waiting:
-            if seq.cancelled.is_set():
-                self._dequeue(seq)
-            elif not accepting and seq.started is None:
-                self._dequeue(seq)
+            expiry = self._policy.expiry(seq.submitted, seq.started is not None,
+                                         seq.cancelled.is_set(), now, accepting)
+            if expiry is None:
+                continue
+            self._dequeue(seq)
+            if expiry == "shutdown":
                 seq.emit(ShuttingDown("the server is shutting down"))
-            elif seq.started is None and now - seq.submitted > deadline:
-                self._dequeue(seq)
+            elif expiry == "timeout":
                 seq.emit(QueueTimeout(
-                    f"the request was not started within {deadline:g} s "
+                    f"the request was not started within {self._policy.queue_deadline_s:g} s "
                     "(engines.queue_deadline_s); the server is overloaded"))
 
     def _retire_cancelled(self) -> None:
@@ -387,7 +500,7 @@ class LlamaCppEngine:
 
     def _admit(self) -> None:
         """Start queued sequences, oldest first, while a slot and their prompt's cells are free."""
-        while len(self._running) < self._settings.max_running:
+        while self._policy.has_slot(len(self._running)):
             with self._wake:
                 if not self._queue:
                     return
@@ -395,11 +508,10 @@ class LlamaCppEngine:
             salt = seq.request.cache_salt
             entry, hit = (self._cache.longest_match(salt, seq.tokens)
                           if self._settings.prefix_cache_entries else (None, 0))
-            hit = min(hit, len(seq.tokens) - 1)  # the last token is fed to get logits
+            hit = self._policy.reusable(len(seq.tokens), hit)
             running_paths = [s.path for s in self._running if s.path is not None]
             available = self._cells.total - self._cells.held_by(running_paths)
-            needed = len(seq.tokens) - hit + _ADMISSION_HEADROOM + len(self._running)
-            if needed > available and self._running:
+            if not self._policy.fits(len(seq.tokens), hit, len(self._running), available):
                 return  # head-of-line: wait for running sequences to free cells
             self._dequeue(seq)
             seq.seq_id = self._free_seq_ids.pop()
@@ -416,20 +528,20 @@ class LlamaCppEngine:
 
     def _step(self) -> None:
         """One llama_decode: a token per decoding sequence, then at most one prompt chunk."""
+        if not self._make_room():
+            return
         decoders = [s for s in self._running if s.decoding]
-        while self._evict_until(len(decoders)) < len(decoders):
-            if not self._shed_load():
-                return
-            decoders = [s for s in self._running if s.decoding]
-        chunk_seq, chunk = self._pick_prefill(decoders)
-        if chunk_seq is not None:
+        pick = self._policy.pick_prefill(self._left())
+        chunk_seq, chunk = None, 0
+        if pick is not None:
+            chunk_seq, chunk = self._running[pick.index], pick.tokens
             if not chunk_seq.announced and self._adopt_running_prefix(chunk_seq):
                 chunk = min(chunk, chunk_seq.remaining_prefill)
-            chunk = min(chunk, self._evict_until(len(decoders) + chunk) - len(decoders))
+            chunk = self._fit_chunk(chunk, len(decoders))
             if chunk <= 0:
                 chunk_seq = None
                 if not decoders:  # nothing can move until some cells come back
-                    self._shed_load()
+                    self._shed(self._policy.victim(len(self._running)))
                     return
 
         batch = self._batch
@@ -462,9 +574,10 @@ class LlamaCppEngine:
             assert seq.path is not None
             self._cells.append(seq.path, seq.tokens[seq.n_past:seq.n_past + count])
             seq.n_past += count
-        for seq, first, count in fed:
-            if seq.n_past == len(seq.tokens):
-                self._advance(seq, first + count - 1)
+        ready = [(seq, first + count - 1) for seq, first, count in fed
+                 if seq.n_past == len(seq.tokens)]
+        if ready:
+            self._sample([seq for seq, _ in ready], ready[-1][1])
 
     def _adopt_running_prefix(self, seq: _Sequence) -> bool:
         """Before a sequence computes anything itself, share a longer prefix that a running
@@ -508,43 +621,38 @@ class LlamaCppEngine:
         batch.seq_id[n][0] = seq.seq_id
         batch.logits[n] = logits
 
-    def _pick_prefill(self, decoders: list[_Sequence]) -> tuple[_Sequence | None, int]:
-        """Which prompt to feed this step, and how many of its tokens.
+    def _left(self) -> list[int]:
+        """What the policy sees of the running sequences: the tokens each has left to feed."""
+        return [s.remaining_prefill for s in self._running]
 
-        With nothing decoding, or for a short prompt, the prompt with the fewest tokens left
-        goes in whole (up to n_batch): short requests see their first token soonest. A long
-        prompt that arrives while streams decode is fed `prefill_per_decode` tokens per
-        running stream each step, so those streams slow by about that factor, no more.
-        """
-        s = self._settings
-        prefilling = [q for q in self._running if not q.decoding]
-        if not prefilling:
-            return None, 0
-        room = s.n_batch - len(decoders)
-        short = [q for q in prefilling
-                 if not decoders or q.remaining_prefill <= s.long_prompt_tokens]
-        if short:
-            seq = min(short, key=lambda q: q.remaining_prefill)
-            return seq, min(seq.remaining_prefill, room)
-        seq = prefilling[0]
-        trickle = max(1, int(s.prefill_per_decode * len(decoders)))
-        return seq, min(seq.remaining_prefill, trickle, room)
+    def _make_room(self) -> bool:
+        """Free a cell for every decoding sequence, as the policy says; False when the only
+        running sequence had to end, so there is no step."""
+        while True:
+            action = self._policy.make_room(self._left(), self._cells.free, len(self._cache))
+            if action is None:
+                return True
+            if isinstance(action, Evict):
+                self._evict_lru()
+            elif not self._shed(action):
+                return False
 
-    def _evict_until(self, cells: int) -> int:
-        """Evict cached entries, least recently used first, until `cells` are free (or none
-        is left); returns the free cell count."""
-        while self._cells.free < cells:
-            entry = self._cache.pop_lru()
-            if entry is None:
-                break
-            self._release(entry.seq_id, entry.path)
-        return self._cells.free
+    def _fit_chunk(self, chunk: int, decoders: int) -> int:
+        """The prompt chunk that fits once cache entries are evicted for it, as the policy says."""
+        while isinstance(fitted := self._policy.fit_chunk(
+                chunk, decoders, self._cells.free, len(self._cache)), Evict):
+            self._evict_lru()
+        return fitted
 
-    def _shed_load(self) -> bool:
-        """The cache holds no more cells to give: preempt the newest running sequence, or end
-        the only one with `resources`. Returns whether others are still running."""
-        victim = self._running[-1]
-        if len(self._running) == 1:
+    def _evict_lru(self) -> None:
+        entry = self._cache.pop_lru()
+        assert entry is not None
+        self._release(entry.seq_id, entry.path)
+
+    def _shed(self, shed: Shed) -> bool:
+        """Preempt the victim, or end it with `resources`; returns whether it was preempted."""
+        victim = self._running[shed.victim]
+        if shed.end:
             self._finish(victim, "resources")
             return False
         self._preempt(victim)
@@ -585,21 +693,41 @@ class LlamaCppEngine:
             self._release(seq.seq_id, path)
         seq.path = None
 
-    def _advance(self, seq: _Sequence, index: int) -> None:
+    def _sample(self, ready: list[_Sequence], last_index: int) -> None:
+        """The next token of every sequence whose prompt is all fed, from the step's logits.
+
+        Only these sequences' tokens asked for logits, and llama.cpp stores those rows
+        contiguously in batch order: one (sequences, vocabulary) matrix, sampled at once.
+        `last_index` is the batch index of the last of them."""
         assert self._ctx is not None and self._model is not None
-        logits = np.ctypeslib.as_array(
-            lc.llama_get_logits_ith(self._ctx, index), shape=(self._model.tokenizer.n_vocab,)
-        )
+        n_vocab = self._model.tokenizer.n_vocab
+        first = lc.llama_get_logits(self._ctx)
+        last = lc.llama_get_logits_ith(self._ctx, last_index)
+        # The layout this relies on, checked at the cost of two pointers.
+        assert (ctypes.addressof(last.contents) - ctypes.addressof(first.contents)
+                == (len(ready) - 1) * n_vocab * ctypes.sizeof(ctypes.c_float))
+        matrix = np.ctypeslib.as_array(first, shape=(len(ready), n_vocab))
+        picks = []
+        for row, seq in enumerate(ready):
+            constraint = seq.request.constraint
+            forced = model_logits = None
+            if constraint is not None:
+                forced = constraint.forced_token()
+                if forced is None:
+                    if seq.sampler.params.logprobs:
+                        model_logits = matrix[row].copy()
+                    constraint.mask_logits(matrix[row])
+                    forced = constraint.forced_token()  # masking may decide to force
+            picks.append(Pick(row, seq.sampler, forced, model_logits))
+        events = sample_step(matrix, picks, pool=self._sample_pool,
+                             pool_size=self._sample_pool_size)
+        for seq, event in zip(ready, events, strict=True):
+            self._advance(seq, event)
+
+    def _advance(self, seq: _Sequence, event: TokenEvent) -> None:
+        assert self._model is not None
         constraint = seq.request.constraint
-        if constraint is None:
-            event = seq.sampler.sample(logits)
-        else:
-            forced = constraint.forced_token()
-            model_logits = logits.copy() if seq.sampler.params.logprobs else None
-            if forced is None:
-                constraint.mask_logits(logits)
-                forced = constraint.forced_token()  # masking may decide to force
-            event = seq.sampler.sample(logits, model_logits=model_logits, forced=forced)
+        if constraint is not None:
             constraint.accept(event.token_id)
         seq.generated += 1
         seq.tokens.append(event.token_id)
@@ -629,10 +757,11 @@ class LlamaCppEngine:
 
     def _recover_from_decode_failure(self, rc: int) -> None:
         """llama_decode refused the batch (its memory is unchanged): shed load and go on."""
-        if rc == 1 and len(self._running) > 1:
+        shed = self._policy.decode_refused(rc, len(self._running))
+        if shed is not None:
             log.warning("llama_decode found no KV slot for %d sequences; preempting one",
                         len(self._running))
-            self._preempt(self._running[-1])
+            self._shed(shed)
             return
         log.error("llama_decode returned %d with %d running sequences", rc, len(self._running))
         for seq in list(self._running):
@@ -650,6 +779,7 @@ class LlamaCppEngine:
             self._queued_tokens = 0
         for seq in waiting + self._running:
             seq.emit(failure)
+        self._mailbox.flush()
         for seq in list(self._running):
             if seq.path is not None and self._mem is not None:
                 self._retire(seq, keep=False)

@@ -10,7 +10,6 @@ from typing import Any
 
 import llama_cpp as lc
 import llguidance
-import llguidance.llamacpp
 
 _llama_log = logging.getLogger("seekserve.llamacpp")
 # ggml's log levels: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line.
@@ -44,8 +43,10 @@ class LlamaTokenizer:
         self._eos = lc.llama_vocab_eos(vocab)
         self._add_bos = bool(lc.llama_vocab_get_add_bos(vocab))
         self._pieces: dict[int, bytes] = {}
+        self._end_tokens: tuple[int, ...] | None = None
         self._grammar_vocabulary: llguidance.LLTokenizer | None = None
         self._grammar_lock = threading.Lock()
+        self._special_texts: tuple[str, ...] | None = None
 
     def encode(self, text: str, *, add_special: bool = False, parse_special: bool = True
                ) -> list[int]:
@@ -78,16 +79,53 @@ class LlamaTokenizer:
     def is_end_of_generation(self, token_id: int) -> bool:
         return bool(lc.llama_vocab_is_eog(self._vocab, token_id))
 
+    def special_texts(self) -> tuple[str, ...]:
+        # llama.cpp skips exactly these (control and unknown tokens) when it encodes without
+        # parse_special; user-defined tokens are read either way.
+        if self._special_texts is None:
+            skipped = lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_UNKNOWN
+            texts = {self._piece(t).decode("utf-8", errors="replace")
+                     for t in range(self.n_vocab)
+                     if lc.llama_vocab_get_attr(self._vocab, t) & skipped}
+            self._special_texts = tuple(sorted(texts - {""}, key=lambda t: (-len(t), t)))
+        return self._special_texts
+
     def end_tokens(self) -> list[int]:
-        return [t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)]
+        # Found once: a scan of the vocabulary is 152k calls into llama.cpp (~0.1 s), and
+        # every request with a constraint (thinking, tools, JSON) asks for them.
+        if self._end_tokens is None:
+            self._end_tokens = tuple(
+                t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(self._vocab, t))
+        return list(self._end_tokens)
 
     def grammar_vocabulary(self) -> llguidance.LLTokenizer:
         """The vocabulary as llguidance sees it (built once, about a second)."""
         with self._grammar_lock:
             if self._grammar_vocabulary is None:
-                self._grammar_vocabulary = llguidance.llamacpp.lltokenizer_from_vocab(
-                    self._vocab, eos_token=self.end_tokens())
+                self._grammar_vocabulary = self._build_grammar_vocabulary()
             return self._grammar_vocabulary
+
+    def _build_grammar_vocabulary(self) -> llguidance.LLTokenizer:
+        # What llguidance.llamacpp.lltokenizer_from_vocab does, on the vocab API: that helper
+        # reads attributes with the deprecated llama_token_get_attr (a DeprecationWarning per
+        # token). A special token's bytes start with 0xff, which is how llguidance tells a
+        # control token (or a user-defined one that looks like markup) from text.
+        tokens: list[bytes] = []
+        for token_id in range(self.n_vocab):
+            piece = self._piece(token_id)
+            attr = lc.llama_vocab_get_attr(self._vocab, token_id)
+            if attr & lc.LLAMA_TOKEN_ATTR_CONTROL or (
+                    attr & lc.LLAMA_TOKEN_ATTR_USER_DEFINED
+                    and piece.startswith(b"<") and piece.endswith(b">")):
+                piece = b"\xff" + piece
+            tokens.append(piece)
+        tokenize = ctypes.cast(lc.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+        build = llguidance.LLTokenizer.from_llamacpp  # type: ignore[attr-defined]
+        vocabulary: llguidance.LLTokenizer = build(
+            tokens=tokens, vocab_ptr=self._vocab, tokenize_fptr=tokenize,
+            # The model's own end of turn first: what a grammar's forced ending writes.
+            eos_token=sorted(self.end_tokens(), key=lambda t: t != self._eos), slices=None)
+        return vocabulary
 
     def _text(self, token_id: int) -> str:
         if token_id < 0:
@@ -114,7 +152,10 @@ class LlamaTokenizer:
 class LlamaModel:
     """Owns the llama_model pointer; free it with close()."""
 
-    def __init__(self, path: Path, *, vocab_only: bool = False) -> None:
+    def __init__(self, path: Path, *, vocab_only: bool = False, gpu_layers: int = 0,
+                 main_gpu: int = 0, split_mode: int = lc.LLAMA_SPLIT_MODE_LAYER) -> None:
+        """`gpu_layers` is llama.cpp's n_gpu_layers (negative: all); it only matters on a
+        build with a GPU backend. Load it on a thread with a deep stack (see engine.py)."""
         lc.llama_backend_init()  # idempotent: sets up timers and CPU features
         lc.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
         if not path.is_file():
@@ -122,14 +163,19 @@ class LlamaModel:
         params = lc.llama_model_default_params()
         # Only the vocabulary and metadata (chat template): a tokenizer for a remote engine.
         params.vocab_only = vocab_only
+        params.n_gpu_layers = 0 if vocab_only else gpu_layers
+        params.main_gpu = main_gpu
+        params.split_mode = split_mode
         model = lc.llama_model_load_from_file(str(path).encode(), params)
         if not model:
-            raise ModelLoadError(f"llama.cpp could not load {path} (is it a GGUF model?)")
+            raise ModelLoadError(f"llama.cpp could not load {path} (is it a GGUF model, and "
+                                 "do its offloaded layers fit the GPU?)")
         self.path = path
         self.ptr = model
         self.vocab = lc.llama_model_get_vocab(model)
         self.tokenizer = LlamaTokenizer(self.vocab)
         self.n_ctx_train: int = lc.llama_model_n_ctx_train(model)
+        self.n_layer: int = lc.llama_model_n_layer(model)
         template = lc.llama_model_chat_template(model, None)
         self.chat_template: str | None = template.decode("utf-8") if template else None
         self.name = self.meta("general.name") or path.stem

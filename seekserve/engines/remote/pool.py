@@ -15,14 +15,16 @@ from dataclasses import dataclass
 
 import httpx
 
+from seekserve.engines.base import EngineState
 from seekserve.engines.remote.client import ReplicaClient
 from seekserve.engines.remote.health import CircuitBreaker, HealthMonitor
+from seekserve.engines.remote.profiles import PROFILES, error_message
 from seekserve.engines.remote.router import Replica, choose, rendezvous_order
-from seekserve.engines.remote.translate import PROFILES, error_message
-from seekserve.errors import (
+from seekserve.protocol.errors import (
     APIError,
     InvalidRequestError,
     RateLimitedError,
+    ServerOverloadedError,
     ServiceUnavailableError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -33,6 +35,7 @@ from seekserve.settings import RemoteEngineSettings
 log = logging.getLogger(__name__)
 
 Send = Callable[[ReplicaClient], Awaitable[httpx.Response]]
+OVERLOAD_RETRY_AFTER_S = 1
 
 
 @dataclass
@@ -78,6 +81,17 @@ class ReplicaPool:
     @property
     def in_flight(self) -> int:
         return sum(r.in_flight for r in self.replicas)
+
+    @property
+    def saturated(self) -> bool:
+        """Every serving replica is at its in-flight limit (and one is serving at least)."""
+        serving = [r for r in self.replicas if r.serving]
+        return bool(serving) and all(r.saturated for r in serving)
+
+    @property
+    def overload(self) -> str:
+        return (f"every replica of this model's engine is at its limit of "
+                f"{self.settings.max_in_flight} requests in flight (max_in_flight)")
 
     async def start(self) -> None:
         for replica in self.replicas:
@@ -148,6 +162,13 @@ class ReplicaPool:
             return replica, response
         if last is not None:
             raise last
+        if not tried and any(r.serving and r.saturated for r in order):
+            # Serving replicas, every one at its in-flight limit: this gateway is the one
+            # overloaded, and says so at once rather than queueing without bound.
+            raise ServerOverloadedError(
+                f"The server is overloaded: {self.overload}; please retry after "
+                f"{OVERLOAD_RETRY_AFTER_S} s.",
+                headers={"Retry-After": str(OVERLOAD_RETRY_AFTER_S)})
         raise UpstreamUnavailableError(
             "No upstream replica of this model can take the request now (all unhealthy, "
             "ejected or at their in-flight limit); please retry.",
@@ -264,3 +285,41 @@ def _refusal(status: int, message: str, headers: httpx.Headers) -> _Refused:
                         retry=False, healthy=True)
     return _Refused(UpstreamError(f"The upstream failed ({status}): {message}"),
                     retry=True, healthy=False)
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """One replica as /ready shows it (by its place in the config: its URL stays private)."""
+
+    index: int
+    healthy: bool  # the last health check passed
+    breaker: str  # closed, open or half_open
+    in_flight: int
+    failures_total: int
+
+
+@dataclass(frozen=True)
+class RemoteEngineState(EngineState):
+    """EngineState (loaded: at least one replica serving; running: requests in flight) plus
+    the replicas' health, exported as gauges like every engine state field."""
+
+    replicas: int = 0
+    replicas_serving: int = 0
+    upstream_failures_total: int = 0
+    breaker_openings_total: int = 0
+    replica_states: tuple[ReplicaState, ...] = ()
+
+
+def pool_state(pool: ReplicaPool, **fields: int) -> RemoteEngineState:
+    """A remote engine's state from its replicas (and what else its protocol counts)."""
+    serving = pool.serving
+    return RemoteEngineState(
+        loaded=pool.started and serving > 0, running=pool.in_flight, queued=0,
+        kv_cells_total=0, kv_cells_used=0, replicas=len(pool.replicas), replicas_serving=serving,
+        upstream_failures_total=sum(r.failures_total for r in pool.replicas),
+        breaker_openings_total=sum(r.breaker.openings for r in pool.replicas),
+        replica_states=tuple(
+            ReplicaState(index=i, healthy=r.healthy, breaker=r.breaker.state,
+                         in_flight=r.in_flight, failures_total=r.failures_total)
+            for i, r in enumerate(pool.replicas)),
+        **fields)

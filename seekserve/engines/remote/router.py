@@ -38,13 +38,6 @@ class Replica:
         return self.healthy and self.breaker.state != "open"
 
 
-def affinity_key(key_digest: bytes, user_id: str | None) -> bytes:
-    """What a request's replica is chosen by: its API key and user_id, the same pair that
-    isolates prefix caches. Derived without any per-process secret, so every gateway replica
-    sends one user to the same upstream replica."""
-    return hashlib.sha256(key_digest + b"\x00" + (user_id or "").encode()).digest()
-
-
 def rendezvous_order(affinity: bytes, replicas: Sequence[Replica]) -> list[Replica]:
     """The replicas from most to least preferred for `affinity`. Adding or removing a replica
     moves only the users whose first choice it is (or becomes)."""

@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from seekserve.engines.base import (
+    EngineOverloaded,
     EventStream,
     FinishEvent,
     FinishReason,
@@ -43,9 +44,13 @@ from seekserve.engines.base import (
 )
 from seekserve.engines.llamacpp.model import LlamaModel
 from seekserve.engines.remote.client import ReplicaClient, sse_data
-from seekserve.engines.remote.passthrough import RemoteEngineState, pool_state
-from seekserve.engines.remote.pool import ReplicaPool
-from seekserve.errors import UpstreamError, UpstreamTimeoutError
+from seekserve.engines.remote.pool import (
+    OVERLOAD_RETRY_AFTER_S,
+    RemoteEngineState,
+    ReplicaPool,
+    pool_state,
+)
+from seekserve.protocol.errors import UpstreamError, UpstreamTimeoutError
 from seekserve.settings import RemoteEngineSettings, UpstreamKind
 
 log = logging.getLogger(__name__)
@@ -353,6 +358,11 @@ class RemoteTokenEngine:
     def generate(self, request: GenerationRequest) -> EventStream:
         if self.pool.draining:
             raise ShuttingDown("the engine is shutting down")
+        if self.pool.saturated:
+            # Refused before the answer starts: a fast 503 rather than a queue without bound.
+            # (A request between two of its segments holds no place, so one may still find
+            # every replica full later: it then ends with the same error, in-band.)
+            raise EngineOverloaded(self.pool.overload, retry_after_s=OVERLOAD_RETRY_AFTER_S)
         return _Events(self._run(request))
 
     # ----- one sequence -----
