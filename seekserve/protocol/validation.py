@@ -67,6 +67,13 @@ def validation_error(exc: ValidationError, body: bytes, *,
                                code=code)
 
 
+def _steps_into(value: Any, seg: int | str, missing_last: bool) -> bool:
+    """Whether location segment `seg` goes into `value` (or names the missing last field)."""
+    if isinstance(seg, int):
+        return isinstance(value, list) and 0 <= seg < len(value)
+    return isinstance(value, dict) and (seg in value or missing_last)
+
+
 def _depth(param: str) -> int:
     """How many location segments a rendered param has (`messages[0].content` has 3)."""
     return param.count(".") + param.count("[") + 1
@@ -87,9 +94,10 @@ def _param_path(loc: tuple[int | str, ...], data: Any, *, missing: bool) -> str 
         if isinstance(seg, int) and isinstance(current, list) and 0 <= seg < len(current):
             path += f"[{seg}]"
             current = current[seg]
-        elif (isinstance(seg, str) and isinstance(current, dict) and not last
-              and current.get("type") == seg):
-            continue  # a discriminated union's tag spelled like a field (Anthropic's `thinking`)
+        elif (isinstance(seg, str) and isinstance(current, dict) and seg in current
+              and current.get("type") == seg and not last
+              and not _steps_into(current[seg], loc[i + 1], missing and i + 2 == len(loc))):
+            continue  # a discriminated union's tag spelled like a field (`file`, `thinking`)
         elif isinstance(seg, str) and isinstance(current, dict) and seg in current:
             path += f".{seg}" if path else seg
             current = current[seg]

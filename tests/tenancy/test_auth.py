@@ -218,7 +218,8 @@ async def test_a_managed_key_in_the_store_makes_keys_required_at_start(tmp_path:
         missing = await client.post("/v1/chat/completions", json=chat_body())
         assert missing.status_code == 401
         assert missing.json()["error"] == {
-            "message": "Missing API key: send it as `Authorization: Bearer <key>`.",
+            "message": "Missing API key: send it as `Authorization: Bearer <key>` (or as "
+                       "`x-api-key: <key>`, as Anthropic's clients do).",
             "type": "authentication_error", "param": None, "code": "missing_api_key"}
         for wrong in ("anything", "sk-" + "x" * 43, revoked.plaintext):
             refused = await client.get("/v1/models", headers=bearer(wrong))
