@@ -24,28 +24,22 @@ from seekserve.engines.default_model import DEFAULT_MODEL, ensure_model
 from seekserve.settings import default_data_dir
 from tests.e2e.conftest import API_KEY, Server, start_server, stop_server
 from tests.e2e.test_tenancy_e2e import eventually
+from tests.e2e.tools import (
+    CITIES,
+    TIME_DESCRIPTION,
+    TIME_PARAMS,
+    WEATHER_DESCRIPTION,
+    WEATHER_PARAMS,
+)
 
 pytestmark = pytest.mark.model
 
 MODEL = "deepseek-v4-pro"
 ADMIN = "sk-e2e-anthropic-admin"
-WEATHER_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "minLength": 1},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        "days": {"type": "integer", "minimum": 1, "maximum": 7},
-    },
-    "required": ["city", "unit", "days"],
-    "additionalProperties": False,
-}
-WEATHER = {"name": "get_weather", "description": "Get the weather forecast for a city.",
+WEATHER_SCHEMA = WEATHER_PARAMS
+WEATHER = {"name": "get_weather", "description": WEATHER_DESCRIPTION,
            "input_schema": WEATHER_SCHEMA}
-TIME = {"name": "get_time", "description": "Get the local time in a city.",
-        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
-                         "required": ["city"]}}
-CITIES = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Perth", "Quito", "Seoul", "Rome", "Dakar",
-          "Hanoi", "Bern", "Riga", "Doha", "Accra", "Lyon", "Nice", "Kyiv", "Baku", "Suva"]
+TIME = {"name": "get_time", "description": TIME_DESCRIPTION, "input_schema": TIME_PARAMS}
 # This SDK version has no `temperature` parameter; the API still takes it.
 GREEDY: dict[str, Any] = {"extra_body": {"temperature": 0}}
 COUNTING = "Count from 1 to 10 in digits, separated by commas and spaces."

@@ -15,28 +15,22 @@ import pytest
 
 from tests.e2e.conftest import Server, start_server, stop_server, usage_row
 from tests.e2e.test_tenancy_e2e import eventually
+from tests.e2e.tools import (
+    CITIES,
+    TIME_DESCRIPTION,
+    TIME_PARAMS,
+    WEATHER_DESCRIPTION,
+    WEATHER_PARAMS,
+)
 
 pytestmark = pytest.mark.model
 
 MODEL = "deepseek-v4-pro"
 BUDGETS = {"low": 6, "high": 16, "max": 24}
-WEATHER_PARAMS = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "minLength": 1},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        "days": {"type": "integer", "minimum": 1, "maximum": 7},
-    },
-    "required": ["city", "unit", "days"],
-    "additionalProperties": False,
-}
 WEATHER = {"type": "function", "name": "get_weather", "strict": True,
-           "description": "Get the weather forecast for a city.", "parameters": WEATHER_PARAMS}
-TIME = {"type": "function", "name": "get_time", "description": "Get the local time in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                       "required": ["city"]}}
-CITIES = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Perth", "Quito", "Seoul", "Rome", "Dakar",
-          "Hanoi", "Bern", "Riga", "Doha", "Accra", "Lyon", "Nice", "Kyiv", "Baku", "Suva"]
+           "description": WEATHER_DESCRIPTION, "parameters": WEATHER_PARAMS}
+TIME = {"type": "function", "name": "get_time", "description": TIME_DESCRIPTION,
+        "parameters": TIME_PARAMS}
 # Every event type a streamed answer with reasoning and text sends, in the order they first
 # appear (then `response.completed`, or `response.incomplete` at max_output_tokens).
 REASONED_EVENTS = [

@@ -14,31 +14,24 @@ import pytest
 
 from tests.e2e.conftest import Server, start_server, stop_server, usage_row
 from tests.e2e.test_tenancy_e2e import eventually
+from tests.e2e.tools import (
+    CITIES,
+    TIME_DESCRIPTION,
+    TIME_PARAMS,
+    WEATHER_DESCRIPTION,
+    WEATHER_PARAMS,
+)
 
 pytestmark = pytest.mark.model
 
 MODEL = "deepseek-v4-pro"
 OFF = {"thinking": {"type": "disabled"}}
 BUDGETS = {"low": 12, "high": 40, "max": 80}
-WEATHER_PARAMS = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "minLength": 1},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        "days": {"type": "integer", "minimum": 1, "maximum": 7},
-    },
-    "required": ["city", "unit", "days"],
-    "additionalProperties": False,
-}
 WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Get the weather forecast for a city.",
+    "name": "get_weather", "description": WEATHER_DESCRIPTION,
     "parameters": WEATHER_PARAMS, "strict": True}}
 TIME = {"type": "function", "function": {
-    "name": "get_time", "description": "Get the local time in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}
-CITIES = ["Paris", "Tokyo", "Lima", "Oslo", "Cairo", "Perth", "Quito", "Seoul", "Rome", "Dakar",
-          "Hanoi", "Bern", "Riga", "Doha", "Accra", "Lyon", "Nice", "Kyiv", "Baku", "Suva"]
+    "name": "get_time", "description": TIME_DESCRIPTION, "parameters": TIME_PARAMS}}
 
 
 @pytest.fixture(scope="module")
