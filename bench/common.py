@@ -284,7 +284,9 @@ def start_seekserve(args: argparse.Namespace, workdir: WorkDir, engine: dict[str
     config = {
         "server": {"host": "127.0.0.1", "port": port, "log_level": "info"},
         "engines": {"embedded": engine},
-        "models": [{"id": MODEL_ID, "engine": "embedded"}],
+        # No thinking block (models think by default, as V4 does): the engine benchmarks time
+        # answer tokens of the plain chat template, as the bare loops they compare with do.
+        "models": [{"id": MODEL_ID, "engine": "embedded", "thinking": None}],
     }
     config_path = workdir.path / f"{label}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))

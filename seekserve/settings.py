@@ -177,7 +177,7 @@ class LlamaCppEngineSettings(_Section):
 
 
 UpstreamKind = Literal["openai", "vllm", "sglang", "llamacpp", "seekserve", "deepseek", "maas",
-                       "output_text", "anthropic"]
+                       "output_text", "anthropic", "responses"]
 
 
 # Upstream kinds that take token ids and a grammar (protocol `tokens`).
@@ -210,8 +210,10 @@ class RemoteEngineSettings(_Section):
     upstream: UpstreamKind = Field(
         ..., description="What the replicas speak: `openai`, `vllm`, `sglang`, `llamacpp` "
         "(llama.cpp's server or llama-cpp-python's), `seekserve`, `deepseek` (the DeepSeek "
-        "API), `maas` (/v1/ai/{endpointPath}/chat/completions) or `output_text` (the "
-        "{\"output\": {\"text\"}} envelope).")
+        "API), `maas` (/v1/ai/{endpointPath}/chat/completions), `output_text` (the "
+        "{\"output\": {\"text\"}} envelope), `anthropic` (the Messages API under base_url, "
+        "e.g. https://api.deepseek.com/anthropic) or `responses` (OpenAI's Responses API under "
+        "base_url, stateless: e.g. https://api.deepseek.com or http://host:8000/v1).")
     replicas: list[ReplicaSettings] = Field(
         ..., min_length=1, max_length=256, description="Servers that serve the same model.")
     protocol: Literal["chat", "tokens"] = Field(
@@ -253,8 +255,8 @@ class RemoteEngineSettings(_Section):
     health_path: str | None = Field(
         None, pattern=r"^/[^\s]*$", description="GET this path for a health check; 2xx is "
         "healthy. Default per upstream kind: /health (vllm, sglang, llamacpp with /v1/models "
-        "tried after a 404), /ready (seekserve), /v1/models (openai, maas, output_text), "
-        "/models (deepseek).")
+        "tried after a 404), /ready (seekserve), /v1/models (openai, maas, output_text, "
+        "anthropic), /models (deepseek, responses).")
     health_timeout_s: float = Field(2.0, gt=0, le=60,
                                     description="Most seconds one health check may take.")
     breaker_failures: int = Field(

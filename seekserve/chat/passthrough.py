@@ -27,6 +27,7 @@ from seekserve.chat.upstream import (
     estimate_prompt_tokens,
 )
 from seekserve.chat.upstream_anthropic import MessagesWire
+from seekserve.chat.upstream_responses import ResponsesWire
 from seekserve.engines.base import StartEvent
 from seekserve.engines.remote.client import ReplicaClient, sse_data
 from seekserve.engines.remote.pool import RemoteEngineState, ReplicaPool, pool_state
@@ -52,7 +53,8 @@ _AFTER_DONE_S = 0.05  # how long the end of a stream's body is awaited after its
 
 def wire_for(profile: UpstreamProfile) -> UpstreamWire:
     """The API family `profile`'s upstream answers in."""
-    wires: dict[str, UpstreamWire] = {"chat": ChatCompletionsWire(), "anthropic": MessagesWire()}
+    wires: dict[str, UpstreamWire] = {"chat": ChatCompletionsWire(), "anthropic": MessagesWire(),
+                                      "responses": ResponsesWire()}
     return wires[profile.wire]
 
 

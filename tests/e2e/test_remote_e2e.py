@@ -6,6 +6,7 @@ mid-stream, limits across gateways and the ledger."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -201,6 +202,70 @@ def test_a_seekserve_upstream_gets_thinking_and_answers_as_if_called_directly(
     log = seekserve_upstream.log()
     assert '"user_id": "u-' in log or '"user_id":"u-' in log
     assert "via-gateway" not in log
+
+
+def test_a_responses_upstream_serves_chat_and_responses(
+        seekserve_upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`upstream: responses` speaks the stateless Responses API to the upstream (here a
+    seekserve's /v1/responses): chat completions and the Responses route answer as the
+    upstream does when called directly."""
+    config = gateway_config("responses", [seekserve_upstream.v1])
+    config["engines"]["remote"]["replicas"][0]["model"] = MODEL
+    gateway = start_gateway(config, tmp_path_factory.mktemp("gateway-responses"))
+    try:
+        body = {"model": MODEL, "messages": QUESTION, "max_tokens": 12, "temperature": 0,
+                "thinking": {"type": "disabled"}}
+        via = gateway.http().post("/v1/chat/completions", json={**body, "user_id": "via-r"})
+        direct = seekserve_upstream.http().post("/v1/chat/completions",
+                                                json={**body, "user_id": "direct-r"})
+        assert via.status_code == 200, via.text
+        assert direct.status_code == 200, direct.text
+        ours, theirs = via.json()["choices"][0], direct.json()["choices"][0]
+        assert ours["message"]["content"] == theirs["message"]["content"]
+        assert (ours["finish_reason"], via.json()["usage"]["prompt_tokens"]) == (
+            "length", direct.json()["usage"]["prompt_tokens"])
+        # The Responses route on the gateway, through the openai SDK, as the upstream's own.
+        ask = {"model": MODEL, "input": "Name three colours.", "max_output_tokens": 10,
+               "temperature": 0, "reasoning": {"effort": "none"}}
+        mine = gateway.client().responses.create(**ask, user="via-r")  # type: ignore[call-overload]
+        own = seekserve_upstream.client().responses.create(**ask, user="direct-r2")  # type: ignore[call-overload]
+        assert mine.output_text == own.output_text and mine.output_text
+        assert (mine.status, mine.incomplete_details and mine.incomplete_details.reason) == (
+            own.status, own.incomplete_details and own.incomplete_details.reason)
+        assert mine.usage is not None and own.usage is not None
+        assert mine.usage.input_tokens == own.usage.input_tokens
+        # Reasoning streamed back from the upstream's reasoning items, with its count.
+        stream = gateway.client().chat.completions.create(
+            model=MODEL, messages=QUESTION, max_tokens=24, stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True},
+            extra_body={"thinking": {"type": "enabled"}, "reasoning_effort": "high"})
+        chunks = list(stream)
+        reasoning = "".join(getattr(c.choices[0].delta, "reasoning_content", None) or ""
+                            for c in chunks if c.choices)
+        assert reasoning.strip()
+        usage = chunks[-1].usage
+        assert usage is not None and usage.completion_tokens == 24
+        assert usage.completion_tokens_details is not None
+        assert usage.completion_tokens_details.reasoning_tokens > 0
+        # A required tool call: the upstream decodes it under its grammar, it arrives whole
+        # (one call: parallel_tool_calls goes up too; the small model repeats calls otherwise).
+        called = gateway.client().chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Weather in Oslo?"}],
+            max_tokens=60, tool_choice="required", parallel_tool_calls=False,
+            extra_body=NO_THINKING,
+            tools=[{"type": "function", "function": {
+                "name": "get_weather", "parameters": {
+                    "type": "object", "properties": {"city": {"type": "string"}},
+                    "required": ["city"], "additionalProperties": False}}}])
+        [call] = called.choices[0].message.tool_calls or []
+        assert call.function.name == "get_weather"  # type: ignore[union-attr]
+        assert isinstance(json.loads(call.function.arguments)["city"], str)  # type: ignore[union-attr]
+        assert called.choices[0].finish_reason == "tool_calls"
+    finally:
+        stop_server(gateway)
+    log = seekserve_upstream.log()
+    assert log.count('"path": "/v1/responses"') >= 4
+    assert "via-r" not in log
 
 
 # ----- (c) two upstream replicas, two gateway replicas, PostgreSQL and Redis -----

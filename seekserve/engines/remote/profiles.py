@@ -96,6 +96,13 @@ PROFILES: dict[UpstreamKind, UpstreamProfile] = {
         "/v1/messages", "/v1/models", streams=True, stream_usage=True, user_field="user_id",
         thinking="native", efforts=None, reasoning_history=False, prefix="native",
         wire="anthropic", anthropic_headers=True),
+    # OpenAI's Responses API, stateless (DeepSeek's base URL, OpenAI's /v1, another
+    # seekserve's /v1): base_url is the API root, e.g. https://api.deepseek.com. As above, the
+    # chat wire's fields do not apply; chat.upstream_responses has its own.
+    "responses": UpstreamProfile(
+        "/responses", "/models", streams=True, stream_usage=True, user_field="user",
+        thinking="openai", efforts=None, reasoning_history=False, prefix="unsupported",
+        wire="responses"),
 }
 
 
