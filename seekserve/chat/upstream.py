@@ -194,8 +194,20 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _dict(value: Any) -> dict[str, Any]:
+def as_count(value: Any) -> int:
+    """A JSON integer as is; anything else (absent, null, a bool, text) as 0."""
+    return _int(value) or 0
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """A JSON object as is; anything else as an empty one (upstream answers are read leniently:
+    a missing or mistyped field reads as absent)."""
     return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
 
 
 def parse_usage(raw: Any, timings: Any = None) -> Usage | None:
@@ -203,19 +215,19 @@ def parse_usage(raw: Any, timings: Any = None) -> Usage | None:
     prompt_tokens_details.cached_tokens, else prompt_cache_hit_tokens (or prompt minus
     prompt_cache_miss_tokens), else llama.cpp's timings.cache_n; reasoning tokens from
     completion_tokens_details."""
-    usage = _dict(raw)
+    usage = as_dict(raw)
     prompt = _int(usage.get("prompt_tokens"))
     completion = _int(usage.get("completion_tokens"))
     if prompt is None or completion is None:
         return None
-    cached = _int(_dict(usage.get("prompt_tokens_details")).get("cached_tokens"))
+    cached = _int(as_dict(usage.get("prompt_tokens_details")).get("cached_tokens"))
     if cached is None:
         cached = _int(usage.get("prompt_cache_hit_tokens"))
     if cached is None and (miss := _int(usage.get("prompt_cache_miss_tokens"))) is not None:
         cached = prompt - miss
     if cached is None:
-        cached = _int(_dict(timings).get("cache_n"))
-    reasoning = _int(_dict(usage.get("completion_tokens_details")).get("reasoning_tokens"))
+        cached = _int(as_dict(timings).get("cache_n"))
+    reasoning = _int(as_dict(usage.get("completion_tokens_details")).get("reasoning_tokens"))
     return Usage(prompt_tokens=prompt, completion_tokens=completion,
                  cached_tokens=min(max(cached or 0, 0), prompt),
                  reasoning_tokens=min(max(reasoning or 0, 0), completion))
@@ -253,8 +265,8 @@ def _tool_call_pieces(calls: Any, *, streamed: bool) -> list[ToolCallDelta] | No
         return None
     pieces = []
     for position, call in enumerate(calls):
-        call = _dict(call)
-        function = _dict(call.get("function"))
+        call = as_dict(call)
+        function = as_dict(call.get("function"))
         index = _int(call.get("index")) if streamed else None
         name = function.get("name")
         arguments = function.get("arguments")
@@ -268,7 +280,7 @@ def _tool_call_pieces(calls: Any, *, streamed: bool) -> list[ToolCallDelta] | No
 
 
 def _logprobs(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
-    content = _dict(choice.get("logprobs")).get("content")
+    content = as_dict(choice.get("logprobs")).get("content")
     return content if isinstance(content, list) else None
 
 
@@ -284,14 +296,14 @@ def _delta(message: dict[str, Any], choice: dict[str, Any], *, streamed: bool) -
 
 def parse_chunk(obj: Any) -> Piece:
     """One `chat.completion.chunk` (or an in-band error event) of a streamed answer."""
-    obj = _dict(obj)
+    obj = as_dict(obj)
     if (error := upstream_error(obj)) is not None:
         return Piece(error=error)
     piece = Piece(usage=parse_usage(obj.get("usage"), obj.get("timings")))
     choices = obj.get("choices")
     if isinstance(choices, list) and choices:
-        choice = _dict(choices[0])
-        piece.delta = _delta(_dict(choice.get("delta")), choice, streamed=True)
+        choice = as_dict(choices[0])
+        piece.delta = _delta(as_dict(choice.get("delta")), choice, streamed=True)
         piece.finish_reason, piece.matched_stop, piece.error = _finish(choice)
     return piece
 
@@ -299,20 +311,20 @@ def parse_chunk(obj: Any) -> Piece:
 def parse_completion(obj: Any, *, envelope: bool = False) -> Piece:
     """A whole non-streamed answer: a `chat.completion`, or the {"output": {"text"}} envelope
     (which says nothing of how it ended nor what it used)."""
-    obj = _dict(obj)
+    obj = as_dict(obj)
     if (error := upstream_error(obj)) is not None:
         return Piece(error=error)
     if envelope:
-        text = _dict(obj.get("output")).get("text")
+        text = as_dict(obj.get("output")).get("text")
         if not isinstance(text, str):
             return Piece(error="The upstream answer has no output.text.")
         return Piece(delta=Delta(text=text) if text else None, finish_reason="stop")
     choices = obj.get("choices")
     if not isinstance(choices, list) or not choices:
         return Piece(error="The upstream answer has no choices.")
-    choice = _dict(choices[0])
+    choice = as_dict(choices[0])
     piece = Piece(usage=parse_usage(obj.get("usage"), obj.get("timings")))
-    piece.delta = _delta(_dict(choice.get("message")), choice, streamed=False)
+    piece.delta = _delta(as_dict(choice.get("message")), choice, streamed=False)
     piece.finish_reason, piece.matched_stop, piece.error = _finish(choice)
     if piece.finish_reason is None and piece.error is None:
         piece.finish_reason = "stop"

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from seekserve.chat.upstream import Piece
+from seekserve.chat.upstream import Piece, as_count, as_dict
 from seekserve.engines.remote.profiles import UpstreamProfile
 from seekserve.protocol.errors import InvalidRequestError
 from seekserve.protocol.neutral import (
@@ -126,18 +126,10 @@ def build_messages_body(req: ChatRequest, *, model: str, stream: bool, user: str
     return body
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _error(obj: dict[str, Any]) -> str | None:
     if obj.get("type") != "error":
         return None
-    message = _dict(obj.get("error")).get("message")
+    message = as_dict(obj.get("error")).get("message")
     return str(message)[:500] if message else "The upstream reported an error."
 
 
@@ -151,30 +143,30 @@ class _MessagesReader:
     calls: dict[int, int] = field(default_factory=dict)  # block index -> tool call index
 
     def _usage(self, raw: Any, completion: int | None = None) -> Usage:
-        usage = _dict(raw)
+        usage = as_dict(raw)
         if "input_tokens" in usage:
-            self.cached = _int(usage.get("cache_read_input_tokens"))
-            self.prompt = (_int(usage.get("input_tokens")) + self.cached
-                           + _int(usage.get("cache_creation_input_tokens")))
-        output = _int(usage.get("output_tokens")) if completion is None else completion
+            self.cached = as_count(usage.get("cache_read_input_tokens"))
+            self.prompt = (as_count(usage.get("input_tokens")) + self.cached
+                           + as_count(usage.get("cache_creation_input_tokens")))
+        output = as_count(usage.get("output_tokens")) if completion is None else completion
         return Usage(prompt_tokens=self.prompt, completion_tokens=output,
                      cached_tokens=min(self.cached, self.prompt))
 
     def chunk(self, obj: Any) -> Piece:
-        obj = _dict(obj)
+        obj = as_dict(obj)
         if (error := _error(obj)) is not None:
             return Piece(error=error)
         kind = obj.get("type")
         if kind == "message_start":
-            self._usage(_dict(obj.get("message")).get("usage"))
+            self._usage(as_dict(obj.get("message")).get("usage"))
             return Piece()
         if kind == "content_block_start":
-            return Piece(delta=self._start(_int(obj.get("index")),
-                                           _dict(obj.get("content_block"))))
+            return Piece(delta=self._start(as_count(obj.get("index")),
+                                           as_dict(obj.get("content_block"))))
         if kind == "content_block_delta":
-            return Piece(delta=self._delta(_int(obj.get("index")), _dict(obj.get("delta"))))
+            return Piece(delta=self._delta(as_count(obj.get("index")), as_dict(obj.get("delta"))))
         if kind == "message_delta":
-            delta = _dict(obj.get("delta"))
+            delta = as_dict(obj.get("delta"))
             reason, matched = _finish(delta)
             return Piece(finish_reason=reason, matched_stop=matched,
                          usage=self._usage(obj.get("usage")))
@@ -200,7 +192,7 @@ class _MessagesReader:
         return None  # signature_delta, citations
 
     def whole(self, obj: Any) -> Piece:
-        obj = _dict(obj)
+        obj = as_dict(obj)
         if (error := _error(obj)) is not None:
             return Piece(error=error)
         content = obj.get("content")
@@ -209,7 +201,7 @@ class _MessagesReader:
         text: list[str] = []
         reasoning: list[str] = []
         calls: list[ToolCallDelta] = []
-        for block in map(_dict, content):
+        for block in map(as_dict, content):
             kind = block.get("type")
             if kind == "text":
                 text.append(str(block.get("text", "")))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from seekserve.chat.upstream import Piece
+from seekserve.chat.upstream import Piece, as_count, as_dict, as_list
 from seekserve.engines.remote.profiles import UpstreamProfile
 from seekserve.protocol.errors import InvalidRequestError
 from seekserve.protocol.neutral import (
@@ -123,39 +123,27 @@ def build_responses_body(req: ChatRequest, *, model: str, stream: bool, user: st
 # ----- answers -----
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
 def _usage(raw: Any) -> Usage | None:
-    usage = _dict(raw)
+    usage = as_dict(raw)
     if "input_tokens" not in usage:
         return None
-    prompt, completion = _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
-    cached = _int(_dict(usage.get("input_tokens_details")).get("cached_tokens"))
-    reasoning = _int(_dict(usage.get("output_tokens_details")).get("reasoning_tokens"))
+    prompt, completion = as_count(usage.get("input_tokens")), as_count(usage.get("output_tokens"))
+    cached = as_count(as_dict(usage.get("input_tokens_details")).get("cached_tokens"))
+    reasoning = as_count(as_dict(usage.get("output_tokens_details")).get("reasoning_tokens"))
     return Usage(prompt_tokens=prompt, completion_tokens=completion,
                  cached_tokens=min(cached, prompt), reasoning_tokens=min(reasoning, completion))
 
 
 def _failure(response: dict[str, Any]) -> str:
-    message = _dict(response.get("error")).get("message")
+    message = as_dict(response.get("error")).get("message")
     return str(message)[:500] if message else "The upstream reported a failed response."
 
 
 def _reasoning_text(item: dict[str, Any]) -> str:
     """A reasoning item's text: its `reasoning_text` content, else its summary."""
-    parts = [_dict(p).get("text") for p in _list(item.get("content"))]
+    parts = [as_dict(p).get("text") for p in as_list(item.get("content"))]
     if not any(isinstance(p, str) for p in parts):
-        parts = [_dict(p).get("text") for p in _list(item.get("summary"))]
+        parts = [as_dict(p).get("text") for p in as_list(item.get("summary"))]
     return "".join(p for p in parts if isinstance(p, str))
 
 
@@ -172,7 +160,7 @@ class _ResponsesReader:
             return Piece(error=_failure(response))
         reason: FinishReason = "tool_calls" if self.calls else "stop"
         if status == "incomplete":
-            why = _dict(response.get("incomplete_details")).get("reason")
+            why = as_dict(response.get("incomplete_details")).get("reason")
             reason = _INCOMPLETE.get(str(why), "length")
         return Piece(finish_reason=reason, usage=_usage(response.get("usage")))
 
@@ -183,17 +171,17 @@ class _ResponsesReader:
             name=str(item.get("name") or ""))])
 
     def chunk(self, obj: Any) -> Piece:
-        obj = _dict(obj)
+        obj = as_dict(obj)
         kind = obj.get("type")
         if kind == "error":
-            message = obj.get("message") or _dict(obj.get("error")).get("message")
+            message = obj.get("message") or as_dict(obj.get("error")).get("message")
             return Piece(error=str(message)[:500] if message else "The upstream failed.")
         if kind in ("response.completed", "response.incomplete", "response.failed"):
-            return self._end(_dict(obj.get("response")))
+            return self._end(as_dict(obj.get("response")))
         if kind == "response.output_item.added":
-            item = _dict(obj.get("item"))
+            item = as_dict(obj.get("item"))
             if item.get("type") == "function_call":
-                return Piece(delta=self._call(_int(obj.get("output_index")), item))
+                return Piece(delta=self._call(as_count(obj.get("output_index")), item))
             return Piece()
         delta = obj.get("delta")
         if not isinstance(delta, str) or not delta:
@@ -202,14 +190,14 @@ class _ResponsesReader:
             return Piece(delta=Delta(text=delta))
         if kind in ("response.reasoning_text.delta", "response.reasoning_summary_text.delta"):
             return Piece(delta=Delta(reasoning=delta))
-        index = _int(obj.get("output_index"))
+        index = as_count(obj.get("output_index"))
         if kind == "response.function_call_arguments.delta" and index in self.calls:
             return Piece(delta=Delta(tool_calls=[ToolCallDelta(self.calls[index],
                                                                arguments=delta)]))
         return Piece()  # created, in_progress, content parts, the .done events, refusals
 
     def whole(self, obj: Any) -> Piece:
-        obj = _dict(obj)
+        obj = as_dict(obj)
         if obj.get("status") == "failed" or (obj.get("error") and not obj.get("output")):
             return Piece(error=_failure(obj))
         if not isinstance(obj.get("output"), list):
@@ -217,11 +205,11 @@ class _ResponsesReader:
         text: list[str] = []
         reasoning: list[str] = []
         calls: list[ToolCallDelta] = []
-        for index, item in enumerate(map(_dict, obj["output"])):
+        for index, item in enumerate(map(as_dict, obj["output"])):
             kind = item.get("type")
             if kind == "message":
-                text.extend(str(_dict(p).get("text", "")) for p in _list(item.get("content"))
-                            if _dict(p).get("type") == "output_text")
+                text.extend(str(as_dict(p).get("text", "")) for p in as_list(item.get("content"))
+                            if as_dict(p).get("type") == "output_text")
             elif kind == "reasoning":
                 reasoning.append(_reasoning_text(item))
             elif kind == "function_call":

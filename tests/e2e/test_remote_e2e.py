@@ -164,26 +164,33 @@ def seekserve_upstream(model_path: Path, tmp_path_factory: pytest.TempPathFactor
     stop_server(srv)
 
 
+GREEDY = {"model": MODEL, "messages": QUESTION, "max_tokens": 12, "temperature": 0,
+          "thinking": {"type": "disabled"}}
+
+
+def assert_greedy_answer_as_direct(gateway: Server, upstream: Server, user: str) -> None:
+    """A greedy answer without thinking through the gateway is the upstream's own, token for
+    token (on a cold cache each: different user_ids), with the same prompt count."""
+    via = gateway.http().post("/v1/chat/completions", json={**GREEDY, "user_id": user})
+    direct = upstream.http().post("/v1/chat/completions",
+                                  json={**GREEDY, "user_id": f"direct-{user}"})
+    assert via.status_code == 200, via.text
+    assert direct.status_code == 200, direct.text
+    ours, theirs = via.json()["choices"][0], direct.json()["choices"][0]
+    assert ours["message"]["content"] == theirs["message"]["content"]
+    assert not ours["message"].get("reasoning_content")
+    assert (ours["finish_reason"], via.json()["usage"]["prompt_tokens"]) == (
+        theirs["finish_reason"], direct.json()["usage"]["prompt_tokens"])
+
+
 def test_a_seekserve_upstream_gets_thinking_and_answers_as_if_called_directly(
         seekserve_upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> None:
     config = gateway_config("seekserve", [seekserve_upstream.base_url])
     config["engines"]["remote"]["replicas"][0]["model"] = MODEL
     gateway = start_gateway(config, tmp_path_factory.mktemp("gateway-seekserve"))
+    body = GREEDY
     try:
-        body = {"model": MODEL, "messages": QUESTION, "max_tokens": 12, "temperature": 0,
-                "thinking": {"type": "disabled"}}
-        via = gateway.http().post("/v1/chat/completions", json={**body,
-                                                                "user_id": "via-gateway"})
-        direct = seekserve_upstream.http().post("/v1/chat/completions",
-                                                json={**body, "user_id": "direct"})
-        assert via.status_code == 200, via.text
-        assert direct.status_code == 200, direct.text
-        ours, theirs = via.json()["choices"][0], direct.json()["choices"][0]
-        # Greedy without thinking, on a cold cache each (different user_ids): the same tokens.
-        assert ours["message"]["content"] == theirs["message"]["content"]
-        assert not ours["message"].get("reasoning_content")
-        assert (ours["finish_reason"], via.json()["usage"]["prompt_tokens"]) == (
-            theirs["finish_reason"], direct.json()["usage"]["prompt_tokens"])
+        assert_greedy_answer_as_direct(gateway, seekserve_upstream, "via-gateway")
         # Thinking on (where temperature has no effect, so no text to compare): the reasoning
         # comes back apart, and so does its count.
         thought = gateway.http().post("/v1/chat/completions", json={
@@ -213,17 +220,7 @@ def test_a_responses_upstream_serves_chat_and_responses(
     config["engines"]["remote"]["replicas"][0]["model"] = MODEL
     gateway = start_gateway(config, tmp_path_factory.mktemp("gateway-responses"))
     try:
-        body = {"model": MODEL, "messages": QUESTION, "max_tokens": 12, "temperature": 0,
-                "thinking": {"type": "disabled"}}
-        via = gateway.http().post("/v1/chat/completions", json={**body, "user_id": "via-r"})
-        direct = seekserve_upstream.http().post("/v1/chat/completions",
-                                                json={**body, "user_id": "direct-r"})
-        assert via.status_code == 200, via.text
-        assert direct.status_code == 200, direct.text
-        ours, theirs = via.json()["choices"][0], direct.json()["choices"][0]
-        assert ours["message"]["content"] == theirs["message"]["content"]
-        assert (ours["finish_reason"], via.json()["usage"]["prompt_tokens"]) == (
-            "length", direct.json()["usage"]["prompt_tokens"])
+        assert_greedy_answer_as_direct(gateway, seekserve_upstream, "via-r")
         # The Responses route on the gateway, through the openai SDK, as the upstream's own.
         ask = {"model": MODEL, "input": "Name three colours.", "max_output_tokens": 10,
                "temperature": 0, "reasoning": {"effort": "none"}}

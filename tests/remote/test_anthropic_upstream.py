@@ -5,16 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from seekserve.chat.upstream_anthropic import MessagesWire, build_messages_body
 from seekserve.engines.remote.profiles import PROFILES
-from seekserve.protocol.errors import InvalidRequestError
 from seekserve.protocol.neutral import (
     ChatRequest,
     FunctionTool,
     Message,
-    ResponseFormat,
     ToolCall,
     ToolChoice,
 )
@@ -51,17 +47,6 @@ def test_a_conversation_becomes_a_messages_body() -> None:
             {"role": "user", "content": [
                 {"type": "tool_result", "tool_use_id": "toolu_1", "content": "12 C"},
                 {"type": "text", "text": "Thanks"}]}]}
-
-
-@pytest.mark.parametrize(("fields", "param"), [
-    ({"response_format": ResponseFormat("json_object")}, "response_format"),
-    ({"logprobs": True}, "logprobs"),
-])
-def test_what_the_messages_api_cannot_take_is_a_400(fields: dict[str, Any], param: str) -> None:
-    req = ChatRequest(model="m", messages=(Message("user", "Hi"),), **fields)
-    with pytest.raises(InvalidRequestError) as caught:
-        build_messages_body(req, model="m", stream=False, user=None)
-    assert caught.value.param == param
 
 
 def test_a_stream_reads_back_into_deltas_a_finish_and_usage() -> None:

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from seekserve.chat.passthrough import wire_for
+from seekserve.chat.upstream_anthropic import build_messages_body
 from seekserve.chat.upstream_responses import ResponsesWire, build_responses_body
 from seekserve.engines.remote.profiles import PROFILES
 from seekserve.protocol.errors import InvalidRequestError
@@ -82,15 +84,22 @@ def test_thinking_is_said_as_reasoning_effort(thinking: bool | None, effort: str
     assert "user" not in body and body["stream"] is False
 
 
-@pytest.mark.parametrize(("fields", "param"), [
-    ({"logprobs": True}, "logprobs"),
-    ({"messages": (Message("user", "Hi"), Message("assistant", "Once", prefix=True))},
+@pytest.mark.parametrize(("build", "fields", "param"), [
+    (build_responses_body, {"logprobs": True}, "logprobs"),
+    (build_responses_body, {"messages": (Message("user", "Hi"),
+                                         Message("assistant", "Once", prefix=True))},
      "messages"),
-])
-def test_what_the_responses_api_cannot_take_is_a_400(fields: dict[str, Any], param: str) -> None:
+    (build_messages_body, {"response_format": ResponseFormat("json_object")},
+     "response_format"),
+    (build_messages_body, {"logprobs": True}, "logprobs"),
+], ids=["responses-logprobs", "responses-prefix", "messages-json", "messages-logprobs"])
+def test_what_an_upstream_api_cannot_take_is_a_400(build: Callable[..., Any],
+                                                   fields: dict[str, Any], param: str) -> None:
+    """Both non-chat upstream wires (Responses here, Anthropic Messages) refuse, naming the
+    field, what their API has no way to say."""
     req = ChatRequest(model="m", **{"messages": (Message("user", "Hi"),), **fields})
     with pytest.raises(InvalidRequestError) as caught:
-        build_responses_body(req, model="m", stream=False, user=None)
+        build(req, model="m", stream=False, user=None)
     assert caught.value.param == param
 
 
