@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +174,7 @@ def assert_greedy_answer_as_direct(gateway: Server, upstream: Server, user: str)
     token (on a cold cache each: different user_ids), with the same prompt count."""
     via = gateway.http().post("/v1/chat/completions", json={**GREEDY, "user_id": user})
     direct = upstream.http().post("/v1/chat/completions",
-                                  json={**GREEDY, "user_id": f"direct-{user}"})
+                                  json={**GREEDY, "user_id": f"direct-{uuid.uuid4().hex}"})
     assert via.status_code == 200, via.text
     assert direct.status_code == 200, direct.text
     ours, theirs = via.json()["choices"][0], direct.json()["choices"][0]
