@@ -166,6 +166,10 @@ def test_a_streamed_answer_appears_token_by_token(page: Page, server: Server, le
             if (n && n !== window.lengths[window.lengths.length - 1]) window.lengths.push(n);
         }).observe(document.body, {subtree: true, childList: true, characterData: true});
     }""")
+    # Greedy and without thinking: the whole budget goes to the answer's text, the same on every
+    # run (sampled at the default temperature with thinking on, one CI run got 7 tokens).
+    page.get_by_label("Mode", exact=True).select_option("disabled")
+    page.get_by_label("Temperature").fill("0")
     send(page, ledger, "Count from one to twenty in English words, separated by commas.",
          max_tokens=40)
     lengths: list[int] = page.evaluate("window.lengths")
@@ -192,6 +196,7 @@ def test_the_reasoning_panel_holds_the_reasoning(page: Page, ledger: Ledger,
     fresh_playground(page)
     page.get_by_label("Mode", exact=True).select_option("enabled")
     page.get_by_label("Effort").select_option("low")
+    page.get_by_label("Temperature").fill("0")
     send(page, ledger, "Is 17 a prime number? Answer yes or no.", max_tokens=64)
     panel = page.locator("details.reasoning")
     reasoning = panel.locator(".reasoning-text").inner_text()
