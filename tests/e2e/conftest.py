@@ -17,6 +17,7 @@ import openai
 import pytest
 import yaml
 
+from seekserve.app import default_model_path
 from seekserve.settings import default_data_dir
 from tests.ports import free_port
 
@@ -68,6 +69,7 @@ def start_server(config: dict[str, object], workdir: Path, *, api_key: str = API
     log_path = workdir / "server.log"
     env = dict(os.environ, SEEKSERVE_API_KEYS=api_key, PYTHONUNBUFFERED="1", **(env or {}))
     env.setdefault("SEEKSERVE_DATA_DIR", str(default_data_dir()))
+    share_default_model(Path(env["SEEKSERVE_DATA_DIR"]))
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "seekserve", "serve", "--config", str(config_path),
@@ -77,6 +79,22 @@ def start_server(config: dict[str, object], workdir: Path, *, api_key: str = API
     server = Server(f"http://127.0.0.1:{port}", api_key, process, log_path)
     wait_until_up(process, f"{server.base_url}/ready", log_path, timeout=timeout)
     return server
+
+
+def share_default_model(data_dir: Path) -> None:
+    """Gives a server's own data directory the default model as links to the one in the default
+    data directory (assembled there once per machine), so a test server with a data directory of
+    its own starts in seconds: assembling the 469 MiB file anew took 11 s and the disk space."""
+    if data_dir.resolve() == default_data_dir().resolve():
+        return
+    model = default_model_path(default_data_dir(), progress=False)
+    models = data_dir / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    # The file and its verified marker (the marker, no older than the file, spares the hash).
+    for source in (model, model.with_name(model.name + ".verified")):
+        link = models / source.name
+        if not link.exists():
+            link.symlink_to(source)
 
 
 def wait_until_up(process: subprocess.Popen[bytes], url: str, log_path: Path, *,

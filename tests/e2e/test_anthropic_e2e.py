@@ -191,11 +191,11 @@ def _tool_call(client: anthropic.Anthropic, city: str) -> Any:
     return calls
 
 
-def test_tool_use_inputs_validate_against_the_schema_20_of_20(
+def test_tool_use_inputs_validate_against_the_schema_10_of_10(
         client: anthropic.Anthropic) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda city: _tool_call(client, city), CITIES))
-    assert len(results) == 20
+        results = list(pool.map(lambda city: _tool_call(client, city), CITIES[:10]))
+    assert len(results) == 10
     for calls in results:
         for call in calls:
             assert call.id.startswith("toolu_")

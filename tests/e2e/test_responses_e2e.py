@@ -139,7 +139,7 @@ def test_the_sdks_accumulated_stream_equals_the_whole_response(client: openai.Op
     assert streamed.status == whole.status
 
 
-def test_required_function_calls_validate_against_the_schema_20_of_20(
+def test_required_function_calls_validate_against_the_schema_10_of_10(
         client: openai.OpenAI) -> None:
     def ask(city: str) -> list[Any]:
         response = client.responses.create(
@@ -152,7 +152,7 @@ def test_required_function_calls_validate_against_the_schema_20_of_20(
         assert len(calls) == 1
         return calls
 
-    for calls in in_parallel(ask, CITIES):
+    for calls in in_parallel(ask, CITIES[:10]):
         for call in calls:
             assert call.call_id.startswith("call_")
             schema = WEATHER_PARAMS if call.name == "get_weather" else TIME["parameters"]

@@ -110,7 +110,7 @@ def test_cache_hits_stay_within_one_key_and_user_id(batching_server: Server) -> 
     although every prompt shares the chat template's system prompt."""
     system = "You are a terse assistant for the harbour office. " * 8
     same_salt_hits = []
-    for i in range(25):
+    for i in range(12):
         question = f"Pair {i}: what is {i} plus {i}?"
         first = _ask(batching_server, question, user_id=f"owner{i}", max_tokens=1,
                      system=system)
@@ -123,7 +123,7 @@ def test_cache_hits_stay_within_one_key_and_user_id(batching_server: Server) -> 
         assert cross.usage.prompt_tokens_details.cached_tokens == 0, (i, other_key)
         assert extra["prompt_cache_hit_tokens"] == 0
         assert extra["prompt_cache_miss_tokens"] == cross.usage.prompt_tokens
-        if i % 5 == 0:
+        if i % 4 == 0:
             again = _ask(batching_server, question, user_id=f"owner{i}", max_tokens=1,
                          system=system)
             hit = again.usage.prompt_tokens_details.cached_tokens
@@ -131,7 +131,7 @@ def test_cache_hits_stay_within_one_key_and_user_id(batching_server: Server) -> 
             assert (again.usage.model_extra["prompt_cache_miss_tokens"]
                     == again.usage.prompt_tokens - hit)
             same_salt_hits.append(hit / again.usage.prompt_tokens)
-    assert len(same_salt_hits) == 5
+    assert len(same_salt_hits) == 3
     assert min(same_salt_hits) > 0.9, same_salt_hits
 
 

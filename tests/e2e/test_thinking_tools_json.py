@@ -147,7 +147,7 @@ def test_required_tool_calls_validate_against_the_schema_20_of_20(
             jsonschema.validate(args, schema)
 
 
-def test_a_named_function_is_called_with_valid_arguments_20_of_20(
+def test_a_named_function_is_called_with_valid_arguments_10_of_10(
         client: openai.OpenAI) -> None:
     def ask(city: str) -> Any:
         response = client.chat.completions.create(
@@ -160,7 +160,7 @@ def test_a_named_function_is_called_with_valid_arguments_20_of_20(
         [call] = choice.message.tool_calls or []
         return call
 
-    for call in in_parallel(ask, CITIES):
+    for call in in_parallel(ask, CITIES[:10]):
         assert call.function.name == "get_weather"
         jsonschema.validate(json.loads(call.function.arguments), WEATHER_PARAMS)
 
@@ -252,13 +252,11 @@ def test_a_client_leaving_a_constrained_thinking_stream_frees_it_and_leaves_a_ro
 
 JSON_TOPICS = ["a cat", "a city", "a book", "a car", "a planet", "a song", "a recipe",
                "a laptop", "a tree", "a river", "a movie", "a bird", "a chair", "a phone",
-               "a mountain", "a painting", "a bicycle", "a cake", "a ship", "a language",
-               "a sport", "a flower", "a robot", "a coin", "a bridge", "a storm", "a lamp",
-               "a game", "a dog", "a museum"]
+               "a mountain", "a painting"]
 
 
-def test_json_mode_always_parses_30_prompts_streamed_and_not(client: openai.OpenAI) -> None:
-    """30 topics, every other one streamed. The 320-request version, with adversarial prompts,
+def test_json_mode_always_parses_16_prompts_streamed_and_not(client: openai.OpenAI) -> None:
+    """16 topics, every other one streamed. The 320-request version, with adversarial prompts,
     schemas, tool calls and tiny max_tokens, is tests/reliability/test_json_closing.py."""
     def ask(item: tuple[str, bool]) -> str:
         topic, stream = item
